@@ -1,0 +1,111 @@
+"""MLET: each table trained as a product ``W_f = A_f B_f`` with ``A_f: n_f x k`` and ``B_f: k x d``.
+
+There is no bias and no activation between the two factors, so after training the pair collapses
+exactly into the single ``n_f x d`` table ``A_f B_f`` (``collapse()``); the deployed model has the
+size of a single-layer model of dimension d.
+
+Initialisation (``init``), with ``A_f`` always uniform in ``+-sqrt(1/n_f)`` (variance ``1/(3 n_f)``,
+DLRM's table default), differs only in ``B``:
+
+* ``scaled`` (default): ``B`` normal with std ``1/sqrt(k)``. Each entry of ``A B`` is a sum of k
+  products, so its variance is ``k * 1/(3 n_f) * 1/k = 1/(3 n_f)``: the product starts at exactly
+  the scale of the single-layer table it replaces, whatever k is, and ``B^T B`` starts near the
+  identity, so the row-wise part of the update on ``W`` starts at the single-layer learning rate.
+  A comparison against a single-layer table then starts from the same point.
+* ``authors``: ``B`` normal with std 0.25, as in the authors' public DLRM fork. The product's
+  variance is ``k/16`` times the single-layer one (2x the std at k=64) and ``B^T B ~ (k/16) I``,
+  so MLET also multiplies the table's effective learning rate by about ``k/16``: part of a gain
+  measured with it can be a learning-rate effect (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mlet.embeddings.base import FieldEmbedding, check_dim
+from mlet.embeddings.single import SingleLayerEmbedding, init_uniform_per_field
+
+INITS = ("scaled", "authors")
+
+
+def projection_std(init: str, inner_dim: int) -> float:
+    if init == "scaled":
+        return 1.0 / math.sqrt(inner_dim)
+    if init == "authors":
+        return 0.25
+    raise ValueError(f"embedding.init must be one of {', '.join(INITS)}; got {init!r}")
+
+
+class MLETEmbedding(FieldEmbedding):
+    """Multi-layer embedding ``A_f B_f`` per field.
+
+    Args:
+        cardinalities: categories per field (OOV index included).
+        dim: outer (deployed) dimension d.
+        inner_dim: inner dimension k, at least ``dim`` (k < d is a low-rank factorisation, a
+            different method, and is refused).
+        share_projection: one ``B`` (k x d) for all fields instead of one per field.
+        train_projection: train ``B``; ``False`` keeps it fixed at its random initialisation.
+        init: ``scaled`` or ``authors``, see the module docstring.
+        sparse: sparse row gradients for the large ``A`` tables.
+    """
+
+    kind = "mlet"
+
+    def __init__(
+        self,
+        cardinalities: Sequence[int],
+        dim: int,
+        inner_dim: int,
+        share_projection: bool = False,
+        train_projection: bool = True,
+        init: str = "scaled",
+        sparse: bool = False,
+    ) -> None:
+        super().__init__(cardinalities, dim)
+        self.inner_dim = check_dim("inner_dim", inner_dim)
+        if self.inner_dim < self.dim:
+            raise ValueError(
+                f"embedding.inner_dim={self.inner_dim} is smaller than embedding.dim={self.dim}: MLET needs "
+                "inner_dim >= dim (inner_dim < dim is a low-rank factorisation, a different method)"
+            )
+        self.share_projection = bool(share_projection)
+        self.init = init
+        std = projection_std(init, self.inner_dim)
+        self.inner = nn.Embedding(self.total_rows, self.inner_dim, sparse=sparse)
+        init_uniform_per_field(self.inner.weight, self.cardinalities)
+        shape = (self.inner_dim, self.dim) if self.share_projection else (self.num_fields, self.inner_dim, self.dim)
+        self.projection = nn.Parameter(torch.randn(shape) * std, requires_grad=bool(train_projection))
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        a = self.inner(self.rows(indices))  # [B, F, k]
+        if self.share_projection:
+            return a @ self.projection
+        return torch.einsum("bfk,fkd->bfd", a, self.projection)
+
+    def field_projection(self, field: int) -> torch.Tensor:
+        return self.projection if self.share_projection else self.projection[field]
+
+    @torch.no_grad()
+    def collapsed_weight(self) -> torch.Tensor:
+        """The concatenated ``sum_f n_f x d`` table ``[A_1 B_1; ...; A_F B_F]``."""
+        if self.share_projection:
+            return self.inner.weight @ self.projection
+        parts = torch.split(self.inner.weight, self.cardinalities)
+        return torch.cat([a @ self.projection[f] for f, a in enumerate(parts)])
+
+    def collapse(self) -> SingleLayerEmbedding:
+        return SingleLayerEmbedding.from_weight(self.cardinalities, self.collapsed_weight())
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.inner.weight]
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, inner_dim={self.inner_dim}, share_projection={self.share_projection}, "
+            f"init={self.init}, train_projection={self.projection.requires_grad}"
+        )
