@@ -31,11 +31,15 @@ class SingleLayerEmbedding(FieldEmbedding):
         cardinalities: categories per field (OOV index included).
         dim: embedding dimension d.
         sparse: produce sparse row gradients (for SparseAdam / sparse SGD / Adagrad).
+        inner_dim: ignored (a single-layer table has no inner dimension); accepted so that one
+            sweep can set ``embedding.inner_dim`` for both embedding types.
     """
 
     kind = "single"
 
-    def __init__(self, cardinalities: Sequence[int], dim: int, sparse: bool = False) -> None:
+    def __init__(
+        self, cardinalities: Sequence[int], dim: int, sparse: bool = False, inner_dim: int | None = None
+    ) -> None:
         super().__init__(cardinalities, dim)
         self.table = nn.Embedding(self.total_rows, self.dim, sparse=sparse)
         init_uniform_per_field(self.table.weight, self.cardinalities)

@@ -1,0 +1,111 @@
+"""The LightningModule: trains a (possibly multi-layer) embedding + CTR model, and always scores
+the collapsed single-layer model.
+
+Validation and test collapse the embedding once per epoch (every MLET pair replaced by its
+``n x d`` product) and evaluate that, so every reported number is the deployed model's. AUC and
+logloss are exact over the whole split (predictions gathered, then computed once), not averages
+of per-batch values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlet.embeddings import FieldEmbedding
+from mlet.metrics import auc, logloss
+
+
+class CTRNet(nn.Module):
+    """Embedding then model: ``(dense[B, D], cat[B, F]) -> logits[B]``."""
+
+    def __init__(self, embedding: FieldEmbedding, model: nn.Module) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.model = model
+
+    def forward(self, dense: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        return self.model(self.embedding(cat), dense)
+
+
+class CTRModule(pl.LightningModule):
+    """Args:
+    embedding: any :class:`FieldEmbedding`.
+    model: a CTR model taking ``(embedded[B, F, d], dense[B, D])``.
+    optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``), default Adam(lr=1e-3).
+    """
+
+    def __init__(
+        self,
+        embedding: FieldEmbedding,
+        model: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+    ) -> None:
+        super().__init__()
+        self.net = CTRNet(embedding, model)
+        self.optimizer_factory = optimizer
+        self._eval_embedding: FieldEmbedding | None = None
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.results: dict[str, dict[str, Any]] = {}
+
+    @property
+    def embedding(self) -> FieldEmbedding:
+        return self.net.embedding
+
+    def forward(self, dense: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        return self.net(dense, cat)
+
+    # ---- training ------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        dense, cat, label = batch
+        loss = F.binary_cross_entropy_with_logits(self(dense, cat), label)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(label))
+        return loss
+
+    def configure_optimizers(self):
+        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
+        return factory([p for p in self.parameters() if p.requires_grad])
+
+    # ---- evaluation on the collapsed model ---------------------------------------------------
+    def _start_eval(self, stage: str) -> None:
+        self._eval_embedding = self.embedding.collapse()
+        self._outputs[stage] = []
+
+    def _eval_step(self, stage: str, batch) -> None:
+        dense, cat, label = batch
+        logits = self.net.model(self._eval_embedding(cat), dense)
+        self._outputs[stage].append((logits.detach().float(), label))
+
+    def _end_eval(self, stage: str) -> None:
+        outputs = self._outputs.pop(stage, [])
+        self._eval_embedding = None
+        if not outputs:
+            return
+        logits = torch.cat([o[0] for o in outputs])
+        labels = torch.cat([o[1] for o in outputs])
+        metrics = {f"{stage}_auc": auc(logits, labels), f"{stage}_logloss": logloss(logits, labels)}
+        self.results[stage] = {**metrics, "logits": logits.cpu(), "labels": labels.cpu()}
+        self.log_dict(metrics, prog_bar=True, sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval("val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval("test")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")

@@ -1,0 +1,152 @@
+"""``mlet-train``: the Hydra entry point.
+
+Instantiates data, embedding, model, trainer and loggers from the config, fits, tests the best
+checkpoint (collapsed model), and writes the run record ``record.json`` into the run's output
+directory. Returns the best validation AUC so Hydra sweepers can optimise it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mlet.module import CTRModule
+from mlet.records import write_record
+
+log = logging.getLogger("mlet.train")
+
+# The project's top-level conf/ (the package is installed editable from the repository).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+class UserError(Exception):
+    """A problem with the user's config or files, reported as one line without a traceback."""
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a keyed group (callbacks, loggers); empty or null -> []."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def build(cfg: DictConfig):
+    """Data module, Lightning module, callbacks and loggers from a composed config."""
+    source = instantiate(cfg.data)
+    datamodule = instantiate(cfg.datamodule, source=source)
+    datamodule.prepare_data()
+    datamodule.setup()
+    embedding = instantiate(cfg.embedding)(cardinalities=datamodule.cardinalities)
+    model = instantiate(cfg.model)(
+        num_fields=datamodule.num_fields, embed_dim=embedding.dim, num_dense=datamodule.num_dense
+    )
+    module = CTRModule(embedding=embedding, model=model, optimizer=instantiate(cfg.optimizer))
+    return datamodule, module
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and test as the config says; returns the run record."""
+    started = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module = build(cfg)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    log.info("embedding: %s", module.embedding)
+    if cfg.train:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.test:
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
+
+    record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started)
+    write_record(output_dir / "record.json", record)
+    for lg in loggers:
+        if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
+            lg.experiment.summary.update({k: v for k, v in record.items() if k != "config"})
+            lg.experiment.finish()  # one wandb run per job, also inside a multirun
+    log.info(
+        "collapsed %s d=%s: val_auc=%.5f test_auc=%s test_logloss=%s  (record: %s)",
+        record["embedding"], record["dim"], record["val_auc"] or float("nan"),
+        f"{record['test_auc']:.5f}" if record["test_auc"] is not None else "-",
+        f"{record['test_logloss']:.5f}" if record["test_logloss"] is not None else "-",
+        output_dir / "record.json",
+    )
+    return record
+
+
+def _choice(group: str, target: str) -> str:
+    """The config option chosen for ``group`` (e.g. ``dlrm``); the class name outside Hydra."""
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return str(choice)
+    return target.rsplit(".", 1)[-1]
+
+
+def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: str, seconds: float) -> dict:
+    emb = module.embedding
+    model_params = sum(p.numel() for p in module.net.model.parameters())
+    val = module.results.get("val", {})
+    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    test = module.results.get("test", {})
+    return {
+        "status": "completed",
+        "data": _choice("data", cfg.data._target_),
+        "model": _choice("model", cfg.model._target_),
+        "embedding": getattr(emb, "kind", type(emb).__name__),
+        "dim": emb.dim,
+        "inner_dim": getattr(emb, "inner_dim", None),
+        "seed": int(cfg.seed),
+        "val_auc": float(best) if best is not None else val.get("val_auc"),
+        "val_logloss": val.get("val_logloss"),
+        "test_auc": test.get("test_auc"),
+        "test_logloss": test.get("test_logloss"),
+        "train_parameters": emb.train_parameters + model_params,
+        "inference_parameters": emb.inference_parameters + model_params,
+        "embedding_train_parameters": emb.train_parameters,
+        "embedding_inference_parameters": emb.inference_parameters,
+        "epochs": int(trainer.current_epoch),
+        "steps": int(trainer.global_step),
+        "best_checkpoint": ckpt or None,
+        "seconds": round(seconds, 2),
+        "device": str(trainer.strategy.root_device),
+        "versions": {"torch": torch.__version__, "pytorch_lightning": pl.__version__},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        record = run(cfg)
+    except (UserError, ValueError, FileNotFoundError, InstantiationException) as exc:
+        cause = _root_cause(exc)
+        print(f"mlet-train: error: {cause}", file=sys.stderr)
+        sys.exit(2)
+    return record["val_auc"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""``mlet-train`` end to end on tiny data: in-process and through the command line."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlet.train import run
+from tests.conftest import TINY, compose_cfg, run_cli
+
+REQUIRED = {
+    "data", "model", "embedding", "dim", "inner_dim", "seed", "val_auc", "test_auc", "test_logloss",
+    "train_parameters", "inference_parameters", "seconds", "config",
+}
+
+
+@pytest.mark.parametrize("embedding", ["single", "mlet"])
+def test_train_writes_record_and_learns(embedding, tmp_path):
+    cfg = compose_cfg([*TINY, f"embedding={embedding}", "trainer.max_epochs=3", "data.rows=6000"], tmp_path)
+    record = run(cfg)
+    on_disk = json.loads((tmp_path / "record.json").read_text())
+    assert REQUIRED <= set(on_disk)
+    assert on_disk["embedding"] == embedding
+    assert on_disk["data"] == "synthetic" and on_disk["model"] == "dlrm"
+    assert on_disk["dim"] == 4
+    assert on_disk["inner_dim"] == (16 if embedding == "mlet" else None)
+    assert record["test_auc"] == on_disk["test_auc"]
+    assert on_disk["test_auc"] > 0.6  # learns well beyond chance on 4.8k training rows
+    assert 0 < on_disk["test_logloss"] < 0.69
+    assert on_disk["config"]["embedding"]["dim"] == 4
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    if embedding == "mlet":
+        assert on_disk["train_parameters"] > on_disk["inference_parameters"]
+    else:
+        assert on_disk["train_parameters"] == on_disk["inference_parameters"]
+
+
+def test_evaluation_scores_the_collapsed_model(tmp_path):
+    cfg = compose_cfg([*TINY, "embedding=mlet", "trainer.max_epochs=1"], tmp_path)
+    from mlet.train import build
+    from mlet.metrics import auc
+
+    datamodule, module = build(cfg)
+    calls = []
+    original = module.embedding.collapse
+
+    def spy():
+        calls.append(1)
+        return original()
+
+    module.embedding.collapse = spy
+    import pytorch_lightning as pl
+
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_train_batches=2, accelerator="cpu")
+    trainer.fit(module, datamodule=datamodule)
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    assert calls  # validation and test collapse the embedding
+    # the logged test AUC equals an independent evaluation of the collapsed single-layer net
+    collapsed = original()
+    module.eval()
+    with torch.no_grad():
+        logits, labels = [], []
+        for dense, cat, label in datamodule.test_dataloader():
+            logits.append(module.net.model(collapsed(cat), dense))
+            labels.append(label)
+    assert module.results["test"]["test_auc"] == pytest.approx(auc(torch.cat(logits), torch.cat(labels)), abs=1e-9)
+
+
+def test_cli_end_to_end_prints_collapsed_metrics(tmp_path):
+    proc = run_cli([*TINY, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["embedding"] == "mlet"
+    assert f"test_auc={record['test_auc']:.5f}" in proc.stdout + proc.stderr
+
+
+def test_cli_multirun_two_points(tmp_path):
+    proc = run_cli(["-m", *TINY, "embedding=single,mlet", "trainer.max_epochs=1",
+                    f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = sorted((tmp_path / "sweep").rglob("record.json"))
+    kinds = sorted(json.loads(p.read_text())["embedding"] for p in records)
+    assert kinds == ["mlet", "single"]
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("embedding=foo", "embedding"),
+        ("embedding.dim=0", "embedding.dim must be a positive integer"),
+        ("embedding.inner_dim=2", "inner_dim >= dim"),
+    ],
+)
+def test_cli_bad_input_is_one_clear_line(override, needle, tmp_path):
+    proc = run_cli([*TINY, override, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "record.json").exists()
+
+
+def test_unknown_group_option_lists_the_choices(tmp_path):
+    proc = run_cli([*TINY, "embedding=foo"], cwd=tmp_path, timeout=120)
+    assert "mlet" in proc.stderr and "single" in proc.stderr
+
+
+def test_wandb_offline_run_writes_local_files(tmp_path):
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_CONSOLE": "off"}
+    overrides = [o for o in TINY if not o.startswith("logger=")]
+    proc = run_cli([*overrides, "logger=wandb", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}/run"],
+                   cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "the offline run holds its .wandb log for `wandb sync`"
+
+
+def test_resume_from_checkpoint_continues(tmp_path):
+    first = compose_cfg([*TINY, "trainer.max_epochs=1", "callbacks.early_stopping.patience=5"], tmp_path / "a")
+    rec1 = run(first)
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    second = compose_cfg([*TINY, "trainer.max_epochs=3", f"ckpt_path={last}", "callbacks.early_stopping.patience=5"],
+                         tmp_path / "b")
+    rec2 = run(second)
+    steps_per_epoch = rec1["steps"]
+    assert rec2["steps"] == 3 * steps_per_epoch  # continued from step 1 epoch's worth, not from zero
+    assert rec2["epochs"] == 3
