@@ -141,7 +141,7 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
 def main(cfg: DictConfig) -> float | None:
     try:
         record = run(cfg)
-    except (UserError, ValueError, FileNotFoundError, InstantiationException) as exc:
+    except (UserError, ValueError, FileNotFoundError, FloatingPointError, InstantiationException) as exc:
         cause = _root_cause(exc)
         print(f"mlet-train: error: {cause}", file=sys.stderr)
         sys.exit(2)
