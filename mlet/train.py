@@ -21,6 +21,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlet.config_check import check_config
 from mlet.module import CTRModule
 from mlet.records import write_record
 
@@ -65,6 +66,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as the config says; returns the run record."""
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
+    check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
     callbacks = _instantiate_all(cfg.get("callbacks"))

@@ -166,3 +166,26 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
         run(proc_cfg)
     assert not (tmp_path / "record.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("+embedding.dimm=3", "embedding.dimm: not a setting of mlet.embeddings.MLETEmbedding"),
+        ("embedding.dim=abc", "embedding.dim='abc': expected int"),
+        ("embedding.share_projection=maybe", "embedding.share_projection='maybe': expected bool"),
+        ("+model.hidden=[3]", "model.hidden: not a setting"),
+        ("embedding.inner_dim=2", "inner_dim >= dim"),
+    ],
+)
+def test_config_is_checked_before_any_work(override, needle, tmp_path, monkeypatch):
+    from mlet.config_check import ConfigError
+    from mlet.data.synthetic import SyntheticCTR
+
+    def fail(self):
+        raise AssertionError("data was loaded before the config was checked")
+
+    monkeypatch.setattr(SyntheticCTR, "load", fail)
+    with pytest.raises(ConfigError) as info:
+        run(compose_cfg([*TINY, override], tmp_path))
+    assert needle in str(info.value)
