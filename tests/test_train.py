@@ -189,3 +189,18 @@ def test_config_is_checked_before_any_work(override, needle, tmp_path, monkeypat
     with pytest.raises(ConfigError) as info:
         run(compose_cfg([*TINY, override], tmp_path))
     assert needle in str(info.value)
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    proc = run_cli(["-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "embedding=single,mlet",
+                    "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").rglob("record.json")]
+    assert sorted(r["embedding"] for r in records) == ["mlet", "single"]
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    cfg = compose_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], tmp_path)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1
