@@ -50,6 +50,7 @@ class BatchKeys(Sampler):
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = 0
+        self.skip: tuple[int, int] | None = None  # (epoch, batches) to skip once, when resuming
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -58,7 +59,12 @@ class BatchKeys(Sampler):
         return -(-self.rows // self.batch_size)
 
     def __iter__(self):
-        starts = range(0, self.rows, self.batch_size)
+        first = 0
+        if self.skip is not None:
+            if self.skip[0] == self.epoch:
+                first = self.skip[1]
+            self.skip = None
+        starts = range(first * self.batch_size, self.rows, self.batch_size)
         if not self.shuffle:
             for lo in starts:
                 yield slice(lo, min(lo + self.batch_size, self.rows))
@@ -66,6 +72,32 @@ class BatchKeys(Sampler):
         order = np.random.default_rng((self.seed, self.epoch)).permutation(self.rows)
         for lo in starts:
             yield np.sort(order[lo : lo + self.batch_size])  # sorted: sequential reads from a memory map
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints (``state_dict``/``load_state_dict``), so a run
+    resumed from a mid-epoch checkpoint continues with the very batches it had not trained on.
+
+    The state is the epoch and the number of batches handed out in it: Lightning saves it in
+    ``on_train_batch_end``, before its fetcher asks for the next batch (checked by
+    ``tests/test_resume.py``, which compares the resumed batches with an uninterrupted run's)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._handed_out = 0
+
+    def __iter__(self):
+        skip = self.sampler.skip
+        self._handed_out = skip[1] if skip is not None and skip[0] == self.sampler.epoch else 0
+        for batch in super().__iter__():
+            self._handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self._handed_out}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.skip = (int(state["epoch"]), int(state["batches"]))
 
 
 class CTRDataModule(pl.LightningDataModule):
@@ -123,7 +155,7 @@ class CTRDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         split = self.arrays.splits[name]
-        return DataLoader(
+        return (ResumableLoader if shuffle else DataLoader)(
             SplitBatches(split),
             sampler=BatchKeys(len(split), batch_size, shuffle=shuffle, seed=self.seed),
             batch_size=None,
