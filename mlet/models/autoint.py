@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mlet.models.layers import MLP, DenseField, FirstOrder, check_contract, check_positive, flat_input
@@ -56,7 +57,7 @@ class SelfAttentionLayer(nn.Module):
         self.value = nn.Linear(in_dim, attention_dim, bias=False)
         self.use_residual = use_residual
         self.residual = nn.Linear(in_dim, attention_dim, bias=False) if use_residual and in_dim != attention_dim else None
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = float(dropout)  # on the attention weights
         self.layer_norm = nn.LayerNorm(attention_dim) if layer_norm else nn.Identity()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +66,10 @@ class SelfAttentionLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))
-        weights = self.dropout(torch.softmax(q @ k.transpose(-1, -2) * self.scale, dim=-1))
-        out = (weights @ v).transpose(1, 2).flatten(2)  # [B, n, attention_dim]
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, scale=self.scale
+        )  # softmax(q k^T * scale) v per head, fused
+        out = out.transpose(1, 2).flatten(2)  # [B, n, attention_dim]
         if self.use_residual:
             out = out + (self.residual(x) if self.residual is not None else x)
         return torch.relu(self.layer_norm(out))

@@ -35,18 +35,18 @@ class CIN(nn.Module):
             raise ValueError("model: xDeepFM needs at least one CIN layer (cin_layer_units is empty)")
         check_positive("xDeepFM", **{f"cin_layer_units[{i}]": u for i, u in enumerate(units)})
         widths = [num_fields, *units]
-        self.layers = nn.ModuleList(
-            nn.Conv1d(num_fields * widths[k], widths[k + 1], kernel_size=1) for k in range(len(units))
-        )
+        # The paper's (and FuxiCTR's) 1x1 convolution over the m H_{k-1} Hadamard maps, written as
+        # a Linear over that axis: same weights and biases, much faster on CPU.
+        self.layers = nn.ModuleList(nn.Linear(num_fields * widths[k], widths[k + 1]) for k in range(len(units)))
         self.out_features = sum(units)
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         batch, _, dim = x0.shape
         pooled = []
         x = x0
-        for conv in self.layers:
-            hadamard = torch.einsum("bhd,bmd->bhmd", x, x0).reshape(batch, -1, dim)
-            x = conv(hadamard)  # [B, H_k, d]
+        for layer in self.layers:
+            hadamard = torch.einsum("bhd,bmd->bdhm", x, x0).reshape(batch, dim, -1)  # [B, d, H_{k-1} m]
+            x = layer(hadamard).transpose(1, 2)  # [B, H_k, d]
             pooled.append(x.sum(dim=-1))
         return torch.cat(pooled, dim=1)
 
