@@ -7,6 +7,7 @@ does: ``instantiate(cfg)(num_fields=F, embed_dim=d, num_dense=D)``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,19 @@ def test_learns_synthetic_data(name, datamodule):
     val_auc = auc(torch.cat(scores), torch.cat(labels))
     print(f"{name}: val AUC {val_auc:.4f}")
     assert val_auc > AUC_FLOOR
+
+
+# ---- through the trainer's own config composition --------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_builds_from_train_config(name, tmp_path):
+    """``mlet-train model=<name>``: the Hydra group composes and ``mlet.train.build`` supplies F, d, D."""
+    from mlet.train import build
+    from tests.conftest import compose_cfg
+
+    model_overrides = [f"model.{k}={json.dumps(v)}" for k, v in TINY[name].items()]
+    data = ["data.rows=600", "data.num_fields=3", "data.num_dense=2", "data.max_cardinality=50"]
+    cfg = compose_cfg([f"model={name}", *model_overrides, *data, "embedding.dim=2", "embedding.inner_dim=4",
+                       "datamodule.batch_size=32", "logger=none"], tmp_path)
+    datamodule, module = build(cfg)
+    dense, cat, label = next(iter(datamodule.train_dataloader()))
+    assert module(dense, cat).shape == label.shape
