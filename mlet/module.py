@@ -64,6 +64,11 @@ class CTRModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         dense, cat, label = batch
         loss = F.binary_cross_entropy_with_logits(self(dense, cat), label)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}: "
+                "training stopped; the checkpoints written so far are kept (lower optimizer.lr?)"
+            )
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(label))
         return loss
 

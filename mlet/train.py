@@ -21,6 +21,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlet.config_check import check_config
 from mlet.module import CTRModule
 from mlet.records import write_record
 
@@ -47,26 +48,45 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
+def build_module(cfg: DictConfig, cardinalities: list[int], num_dense: int) -> CTRModule:
+    """The Lightning module for a data schema: the embedding first, then the model sized by it."""
+    embedding = instantiate(cfg.embedding)(cardinalities=cardinalities)
+    model = instantiate(cfg.model)(num_fields=len(cardinalities), embed_dim=embedding.dim, num_dense=num_dense)
+    return CTRModule(embedding=embedding, model=model, optimizer=instantiate(cfg.optimizer))
+
+
 def build(cfg: DictConfig):
-    """Data module, Lightning module, callbacks and loggers from a composed config."""
+    """Data module and Lightning module from a composed config."""
     source = instantiate(cfg.data)
     datamodule = instantiate(cfg.datamodule, source=source)
     datamodule.prepare_data()
     datamodule.setup()
-    embedding = instantiate(cfg.embedding)(cardinalities=datamodule.cardinalities)
-    model = instantiate(cfg.model)(
-        num_fields=datamodule.num_fields, embed_dim=embedding.dim, num_dense=datamodule.num_dense
-    )
-    module = CTRModule(embedding=embedding, model=model, optimizer=instantiate(cfg.optimizer))
-    return datamodule, module
+    return datamodule, build_module(cfg, datamodule.cardinalities, datamodule.num_dense)
+
+
+def save_run_spec(output_dir: Path, cfg: DictConfig, datamodule) -> None:
+    """The resolved config and the data schema, saved at the start of a run: enough to rebuild
+    the network from any of its checkpoints (``mlet-export``) without the data."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    arrays = datamodule.arrays
+    schema = {
+        "dataset": arrays.name,
+        "dense_names": list(arrays.dense_names),
+        "cat_names": list(arrays.cat_names),
+        "cardinalities": [int(c) for c in arrays.cardinalities],
+    }
+    write_record(output_dir / "schema.json", schema)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as the config says; returns the run record."""
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
+    check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
+    save_run_spec(output_dir, cfg, datamodule)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -141,7 +161,7 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
 def main(cfg: DictConfig) -> float | None:
     try:
         record = run(cfg)
-    except (UserError, ValueError, FileNotFoundError, InstantiationException) as exc:
+    except (UserError, ValueError, FileNotFoundError, FloatingPointError, InstantiationException) as exc:
         cause = _root_cause(exc)
         print(f"mlet-train: error: {cause}", file=sys.stderr)
         sys.exit(2)

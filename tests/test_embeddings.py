@@ -99,3 +99,14 @@ def test_gradients_reach_both_factors_and_sparse_option_works():
     assert emb.projection.grad.abs().sum() > 0
     assert emb.sparse_parameters() == [emb.inner.weight]
     assert math.isfinite(emb.inner.weight.grad.coalesce().values().sum().item())
+
+
+def test_lowrank_is_the_contrast_and_collapses():
+    from mlet.embeddings import LowRankEmbedding
+
+    emb = LowRankEmbedding([30, 40], 8, 2)
+    idx = torch.tensor([[1, 2], [29, 39]])
+    assert (emb(idx) - emb.collapse()(idx)).abs().max() <= 1e-6
+    assert torch.linalg.matrix_rank(emb.collapsed_weight()[:30]).item() <= 2
+    with pytest.raises(ValueError, match="embedding=mlet"):
+        LowRankEmbedding([30], 8, 8)
