@@ -139,7 +139,10 @@ class AutoInt(nn.Module):
 
 
 class AutoIntPlus(AutoInt):
-    """AutoInt+: :class:`AutoInt` with a DNN (``hidden`` must not be empty); other arguments as there."""
+    """AutoInt+: :class:`AutoInt` with a DNN (``hidden`` must not be empty); arguments as there.
+
+    The signature is spelled out (not ``**kwargs``) so a config key the model lacks is an error.
+    """
 
     def __init__(
         self,
@@ -149,14 +152,19 @@ class AutoIntPlus(AutoInt):
         attention_layers: int = 3,
         num_heads: int = 1,
         attention_dim: int = 128,
+        use_residual: bool = True,
+        use_scale: bool = False,
+        layer_norm: bool = False,
+        use_wide: bool = True,
         hidden: Sequence[int] = (400, 400, 400),
         dropout: float = 0.1,
         batch_norm: bool = True,
-        **hyperparameters,
+        activation: str = "relu",
     ) -> None:
         if not hidden:
             raise ValueError("model: AutoIntPlus needs a DNN: hidden must not be empty (use AutoInt without one)")
         super().__init__(
             num_fields, embed_dim, num_dense, attention_layers=attention_layers, num_heads=num_heads,
-            attention_dim=attention_dim, hidden=hidden, dropout=dropout, batch_norm=batch_norm, **hyperparameters,
+            attention_dim=attention_dim, use_residual=use_residual, use_scale=use_scale, layer_norm=layer_norm,
+            use_wide=use_wide, hidden=hidden, dropout=dropout, batch_norm=batch_norm, activation=activation,
         )

@@ -195,3 +195,17 @@ def test_builds_from_train_config(name, tmp_path):
     datamodule, module = build(cfg)
     dense, cat, label = next(iter(datamodule.train_dataloader()))
     assert module(dense, cat).shape == label.shape
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_collapsed_model_exports(name):
+    """``mlet-export`` writes the collapsed network with ``torch.export`` and a dynamic batch."""
+    torch.manual_seed(0)
+    embedding = MLETEmbedding(CARDINALITIES, 4, inner_dim=8)
+    net = CTRNet(embedding.collapse(), build(name, len(CARDINALITIES), 4, NUM_DENSE)).eval()
+    example = (torch.zeros(2, NUM_DENSE), torch.zeros(2, len(CARDINALITIES), dtype=torch.long))
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(net, example, dynamic_shapes={"dense": {0: batch}, "cat": {0: batch}})
+    dense = torch.randn(7, NUM_DENSE)
+    cat = torch.stack([torch.randint(0, n, (7,)) for n in CARDINALITIES], dim=1)
+    torch.testing.assert_close(program.module()(dense, cat), net(dense, cat))
