@@ -27,7 +27,7 @@ def _multirun(cfg, sweep_dir):
 
 def _name(overrides, tmp_path):
     cfg = compose_cfg(overrides, tmp_path)
-    assert list(cfg.hydra.overrides.task) == overrides
+    assert list(cfg.hydra.overrides.task) == [o for o in overrides if not o.startswith("hydra.")]
     return sweep.job_dir_name(cfg)
 
 
@@ -45,6 +45,11 @@ def test_job_names_are_deterministic(tmp_path):
     e = _name(["embedding=single", "embedding.dim=4", "optimizer.lr=0.2"], tmp_path)
     assert re.fullmatch(r"synthetic-dlrm-single-d4-s0-[0-9a-f]{8}", c)
     assert c == d and c != e
+    # the inner sweep's k=64 job is the dims sweep's MLET job (scripts/reproduce_paper.sh relies on it)
+    common = ["optimizer=sgd", "optimizer.lr=0.2", "embedding=mlet", "embedding.init=authors", "embedding.dim=4"]
+    dims = _name(["+sweep=dims", *common, "embedding.inner_dim=64"], tmp_path)
+    inner = _name(["+sweep=inner", *common, "hydra.sweep.dir=x", "embedding.inner_dim=64"], tmp_path)
+    assert dims == inner
 
 
 def test_presets_compose(tmp_path):
@@ -140,6 +145,21 @@ def test_sweep_end_to_end_resumes_and_reports(tmp_path):
     assert "| synthetic | dlrm | single | - | 4 |" in md and "| synthetic | dlrm | mlet | 16 | 4 |" in md
     reduction = (out / "dim_reduction.csv").read_text().splitlines()
     assert len(reduction) == 2 and reduction[1].startswith("synthetic,dlrm,16.0,4,")
+
+
+def test_reproduce_paper_script_dry_run():
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_paper.sh"), "/c/train.txt", "/a/train",
+                           "dlrm", "dcn"], env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 * (2 * 2 + 1) + 1
+    assert sum("data=criteo_kaggle data.path='/c/train.txt' data.protocol=dlrm" in line for line in lines) == 5
+    assert lines[-1].startswith("+ mlet-report outputs/sweeps/dims_criteo_kaggle outputs/sweeps/dims_avazu")
 
 
 def test_default_multirun_sweep_dir_resolves(tmp_path):
