@@ -340,7 +340,8 @@ def plot_auc_vs_dim(table: pd.DataFrame, by: Sequence[str], out: Path) -> list[P
         for (emb, k), series in group.groupby(SERIES, dropna=False, sort=True):
             series = series.sort_values("dim")
             ax.errorbar(series["dim"], series["auc_mean"], yerr=series["auc_std"].fillna(0), marker="o",
-                        capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-")
+                        capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-",
+                        color="black" if emb == "single" else None)
         ax.set_xscale("log", base=2)
         dims = sorted(group["dim"].unique())
         ax.set_xticks(dims, [str(int(d)) for d in dims])
@@ -397,7 +398,8 @@ def plot_buckets(btable: pd.DataFrame, by: Sequence[str], out: Path) -> list[Pat
             for (emb, k), series in group[group["dim"] == d].groupby(SERIES, dropna=False, sort=True):
                 series = series.sort_values("order")
                 ax.errorbar(range(len(series)), series["auc_mean"], yerr=series["auc_std"].fillna(0), marker="o",
-                            capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-")
+                            capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-",
+                        color="black" if emb == "single" else None)
                 ax.set_xticks(range(len(series)), list(series["bucket"]), rotation=45)
             ax.set_title(f"d={int(d)}")
             ax.set_xlabel("training occurrences")
@@ -421,11 +423,11 @@ def plot_erank(stable: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]
         for (emb, k), series in group.groupby(SERIES, dropna=False, sort=True):
             series = series.sort_values("dim")
             ax.errorbar(series["dim"], series["erank_mean"], yerr=series["erank_std"].fillna(0), marker="o",
-                        capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-")
+                        capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-",
+                        color="black" if emb == "single" else None)
         dims = sorted(group["dim"].unique())
         ax.plot(dims, dims, color="gray", linewidth=0.8, label="d (full rank)")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log", base=2)
         ax.set_xticks(dims, [str(int(d)) for d in dims])
         ax.set_xlabel("embedding dimension d")
         ax.set_ylabel("effective rank (mean over fields)")
