@@ -21,9 +21,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlet import sweep
 from mlet.config_check import check_config
 from mlet.module import CTRModule
 from mlet.records import write_record
+
+sweep.register_resolvers()  # ${mlet.job_dir:}, ${mlet.run_name:}, ... (conf/hydra, conf/logger)
 
 log = logging.getLogger("mlet.train")
 
@@ -80,9 +83,19 @@ def save_run_spec(output_dir: Path, cfg: DictConfig, datamodule) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and test as the config says; returns the run record."""
+    """Train and test as the config says; returns the run record.
+
+    A job whose output directory already holds a record (unless ``force=true``), a duplicate or an
+    invalid sweep combination is skipped before anything is built (see ``mlet.sweep``); it
+    returns the existing record (or ``{}``) with ``status: skipped``.
+    """
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
+    skip = sweep.skip_reason(cfg, output_dir)
+    if skip is not None:
+        status, reason, existing = skip
+        sweep.note_outcome(output_dir, status, reason)
+        return {**(existing or {}), "status": "skipped", "skipped": status, "skip_reason": reason}
     check_config(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
@@ -91,7 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": sweep.identity(cfg)})
 
     log.info("embedding: %s", module.embedding)
     if cfg.train:
@@ -102,6 +115,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started)
     write_record(output_dir / "record.json", record)
+    sweep.note_outcome(output_dir, "trained")
     for lg in loggers:
         if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
             lg.experiment.summary.update({k: v for k, v in record.items() if k != "config"})
@@ -131,6 +145,10 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
     val = module.results.get("val", {})
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     test = module.results.get("test", {})
+    extra = {}  # analyses from callbacks with record_items() (mlet.callbacks: buckets, spectrum)
+    for cb in trainer.callbacks:
+        if callable(getattr(cb, "record_items", None)):
+            extra.update(cb.record_items())
     return {
         "status": "completed",
         "data": _choice("data", cfg.data._target_),
@@ -153,6 +171,7 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
         "seconds": round(seconds, 2),
         "device": str(trainer.strategy.root_device),
         "versions": {"torch": torch.__version__, "pytorch_lightning": pl.__version__},
+        **extra,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -165,7 +184,7 @@ def main(cfg: DictConfig) -> float | None:
         cause = _root_cause(exc)
         print(f"mlet-train: error: {cause}", file=sys.stderr)
         sys.exit(2)
-    return record["val_auc"]
+    return record.get("val_auc")
 
 
 if __name__ == "__main__":

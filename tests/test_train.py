@@ -152,6 +152,8 @@ def test_resume_from_checkpoint_continues(tmp_path, count_steps):
 def test_ckpt_path_last_resumes_in_the_same_run_dir(tmp_path, count_steps):
     rec1 = run(compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path))
     assert rec1["epochs"] == 1
+    # an interrupted run has no record yet; a finished one would be skipped (see test_sweep.py)
+    (tmp_path / "record.json").unlink()
     # same output dir, default ckpt_path=last: continues from checkpoints/last.ckpt
     rec2 = run(compose_cfg([*TINY, "trainer.max_epochs=2", "callbacks.early_stopping.patience=5"], tmp_path))
     assert rec2["steps"] == 2 * rec1["steps"]
