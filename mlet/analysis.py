@@ -5,6 +5,9 @@ Plain functions on arrays and tensors; nothing here knows of Lightning, Hydra or
 * :func:`bucket_metrics`: test AUC and logloss on the rows whose category falls in a
   training-frequency bucket (the rare-category analysis: MLET's claimed gain is largest there).
 * :func:`spectrum`: singular values and effective rank of an ``n x d`` table.
+* :func:`absent_row_movement`: how far the collapsed rows that a batch did not touch moved in one
+  optimiser step (zero for a single-layer table under SGD or a sparse optimiser; MLET moves them
+  through ``A A^T G``: its cross-category learning).
 """
 
 from __future__ import annotations
@@ -137,3 +140,24 @@ def spectrum(table: torch.Tensor) -> dict:
         "singular_values": [float(x) for x in s],
         "effective_rank": effective_rank(s),
     }
+
+
+def absent_row_movement(before: torch.Tensor, after: torch.Tensor, present: torch.Tensor) -> dict | None:
+    """Movement of the rows absent from a batch between two snapshots ``[R, d]`` of sampled
+    collapsed rows; ``present[R]`` marks the sampled rows the batch touched.
+
+    Returns the mean L2 movement of the absent rows, the same relative to their norm, and the
+    movement of the present rows for scale; ``None`` when every sampled row was present.
+    """
+    absent = ~present
+    if not bool(absent.any()):
+        return None
+    delta = (after - before).double().norm(dim=1)
+    norm = before.double().norm(dim=1).clamp_min(1e-12)
+    out = {
+        "absent_rows": int(absent.sum()),
+        "absent_mean": float(delta[absent].mean()),
+        "absent_relative_mean": float((delta[absent] / norm[absent]).mean()),
+    }
+    out["present_mean"] = float(delta[present].mean()) if bool(present.any()) else None
+    return out

@@ -6,7 +6,11 @@ A callback with a ``record_items() -> dict`` method contributes those items to `
 
 * :class:`FrequencyBuckets`: test AUC/logloss per training-frequency bucket -> ``record["buckets"]``.
 * :class:`EmbeddingSpectrum`: singular values and effective rank of every field's collapsed table
-  -> ``record["spectrum"]`` (and the wandb run, when a ``WandbLogger`` is attached).
+  -> ``record["spectrum"]`` (and the wandb run, when a ``WandbLogger`` is attached), plus the mean
+  effective rank after every validation -> ``record["effective_rank_history"]``.
+* :class:`AbsentRowMovement`: how far the collapsed rows a batch did not touch move per optimiser
+  step -> ``record["absent_row_movement"]`` (MLET's mechanism; zero for a single-layer table
+  under SGD or a sparse optimiser, not under dense Adam, whose moments move every row).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from mlet.analysis import DEFAULT_EDGES, bucket_metrics, check_edges, spectrum
+from mlet.analysis import DEFAULT_EDGES, absent_row_movement, bucket_metrics, check_edges, spectrum
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,7 @@ class EmbeddingSpectrum(pl.Callback):
     def __init__(self) -> None:
         self.fields: list[dict] | None = None
         self.source: str | None = None
+        self.history: list[dict] = []
 
     @torch.no_grad()
     def compute(self, embedding, names: Sequence[str] | None = None) -> list[dict]:
@@ -110,6 +115,15 @@ class EmbeddingSpectrum(pl.Callback):
         self.fields = self.compute(pl_module.embedding, arrays.cat_names if arrays is not None else None)
         self.source = source
         self._log_wandb(trainer)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        fields = self.compute(pl_module.embedding)
+        rank = float(np.mean([f["effective_rank"] for f in fields]))
+        self.history.append({"epoch": int(trainer.current_epoch), "step": int(trainer.global_step),
+                             "effective_rank_mean": rank})
+        pl_module.log("effective_rank_mean", rank)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._run(trainer, pl_module, "last")
@@ -145,4 +159,64 @@ class EmbeddingSpectrum(pl.Callback):
             "spectrum": self.fields,
             "spectrum_source": self.source,
             "effective_rank_mean": self.mean_effective_rank(),
+            "effective_rank_history": self.history,
         }
+
+
+class AbsentRowMovement(pl.Callback):
+    """Every ``every_n_steps`` training steps, snapshot ``sample_rows`` random rows of the collapsed
+    table before and after the optimiser step and measure how far the rows the batch did not
+    touch moved (:func:`mlet.analysis.absent_row_movement`); the record holds the means over the
+    measured steps.
+    """
+
+    def __init__(self, every_n_steps: int = 50, sample_rows: int = 4096, seed: int = 0) -> None:
+        if every_n_steps < 1 or sample_rows < 1:
+            raise ValueError("callbacks.absent_row_movement: every_n_steps and sample_rows must be positive")
+        self.every_n_steps = every_n_steps
+        self.sample_rows = sample_rows
+        self.seed = seed
+        self._rows: torch.Tensor | None = None
+        self._before: torch.Tensor | None = None
+        self._present: torch.Tensor | None = None
+        self.measurements: list[dict] = []
+
+    def _sample(self, embedding) -> torch.Tensor:
+        if self._rows is None:
+            g = torch.Generator().manual_seed(self.seed)
+            n = embedding.total_rows
+            rows = torch.randperm(n, generator=g)[: self.sample_rows] if n > self.sample_rows else torch.arange(n)
+            self._rows = rows.sort().values.to(embedding.offsets.device)
+        return self._rows
+
+    @torch.no_grad()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._before = None
+        if trainer.global_step % self.every_n_steps:
+            return
+        embedding = pl_module.embedding
+        rows = self._sample(embedding)
+        touched = embedding.rows(batch[1]).reshape(-1)
+        self._present = torch.isin(rows, touched)
+        self._before = embedding.collapsed_rows(rows).detach().clone()
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._before is None:
+            return
+        after = pl_module.embedding.collapsed_rows(self._rows)
+        result = absent_row_movement(self._before, after, self._present)
+        if result is not None:
+            self.measurements.append(result)
+        self._before = None
+
+    def record_items(self) -> dict[str, Any]:
+        if not self.measurements:
+            return {}
+        keys = ("absent_mean", "absent_relative_mean", "present_mean")
+        summary = {
+            k: float(np.mean([m[k] for m in self.measurements if m[k] is not None]))
+            for k in keys
+            if any(m[k] is not None for m in self.measurements)
+        }
+        return {"absent_row_movement": {**summary, "steps_measured": len(self.measurements)}}

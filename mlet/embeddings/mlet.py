@@ -93,6 +93,12 @@ class MLETEmbedding(FieldEmbedding):
     def field_projection(self, field: int) -> torch.Tensor:
         return self.projection if self.share_projection else self.projection[field]
 
+    def collapsed_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        a = self.inner.weight[rows]  # [R, k]
+        if self.share_projection:
+            return a @ self.projection
+        return torch.bmm(a.unsqueeze(1), self.projection[self.field_of_rows(rows)]).squeeze(1)
+
     @torch.no_grad()
     def collapsed_weight(self) -> torch.Tensor:
         """The concatenated ``sum_f n_f x d`` table ``[A_1 B_1; ...; A_F B_F]``."""
