@@ -106,6 +106,24 @@ def runs_frame(records: Sequence[dict], by: Sequence[str] = ()) -> tuple[pd.Data
     return df.reset_index(drop=True), warnings
 
 
+def tune_runs(runs: pd.DataFrame, key: str, by: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep, for each arm (data, model, embedding, k, d), only the runs with the value of ``key``
+    (e.g. ``optimizer.lr``) whose mean validation AUC over seeds is best: every arm is compared at
+    its own best-tuned setting, chosen on validation, never on test. Returns the kept runs and one
+    row per (arm, value) with its mean validation AUC and whether it was chosen."""
+    arm = [*by, *KEYS, *SERIES, "dim"]
+    scored = runs.dropna(subset=["val_auc"])
+    if scored.empty:
+        return runs.iloc[0:0], pd.DataFrame(columns=[*arm, key, "val_auc_mean", "seeds", "chosen"])
+    grid = scored.groupby([*arm, key], dropna=False).agg(val_auc_mean=("val_auc", "mean"),
+                                                        seeds=("seed", "nunique")).reset_index()
+    best = grid.loc[grid.groupby(arm, dropna=False)["val_auc_mean"].idxmax(), [*arm, key]]
+    grid = grid.merge(best.assign(chosen=True), on=[*arm, key], how="left")
+    grid["chosen"] = grid["chosen"].eq(True)
+    kept = runs.merge(best, on=[*arm, key], how="inner")
+    return kept, _ordered(grid, by)
+
+
 # ---- tables ------------------------------------------------------------------------------------
 def _ordered(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     """Rows by (by, data, model), the single-layer rows first, then k and d."""
@@ -444,16 +462,24 @@ def plot_erank(stable: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]
 
 # ---- the report --------------------------------------------------------------------------------
 def build_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float = 0.0,
-                 reference_dim: int | None = None, by: Sequence[str] = (), plots: bool = True) -> dict:
-    """Write the report into ``out``; returns the tables (DataFrames) and the files written."""
+                 reference_dim: int | None = None, by: Sequence[str] = (), plots: bool = True,
+                 tune: str | None = None) -> dict:
+    """Write the report into ``out``; returns the tables (DataFrames) and the files written.
+
+    ``tune``: a config key (e.g. ``optimizer.lr``) tuned per arm on validation AUC
+    (:func:`tune_runs`); the tables then compare the best-tuned arms."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     by = list(by)
     records, warnings = load_records(dirs)
     if not records:
         raise FileNotFoundError(f"no run records (record.json) under {', '.join(str(d) for d in dirs)}")
-    runs, dup_warnings = runs_frame(records, by)
+    runs, dup_warnings = runs_frame(records, [*by, tune] if tune else by)
     warnings += dup_warnings
+    tuning = None
+    if tune:
+        runs, tuning = tune_runs(runs, tune, by)
+        runs = runs.drop(columns=[tune])
     unscored = int(runs["test_auc"].isna().sum())
     if unscored:
         warnings.append(f"{unscored} run(s) have no test AUC (test=false?) and are left out of the AUC tables")
@@ -478,6 +504,8 @@ def build_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float =
         "spectrum.csv": stable,
         "spectrum_fields.csv": sfields,
     }
+    if tuning is not None:
+        csvs["tuning.csv"] = tuning
     for name, frame in csvs.items():
         frame.to_csv(out / name, index=False)
         files.append(out / name)
@@ -491,11 +519,24 @@ def build_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float =
 
     md = render_markdown(runs, table, reduction, summary, inner, bcompare, stable, pngs, by, tolerance,
                          reference_dim, warnings, [str(d) for d in dirs], records)
+    if tuning is not None:
+        md = md.replace("\n## AUC and logloss against d", render_tuning(tuning, tune, by) + "\n## AUC and logloss against d", 1)
     (out / "report.md").write_text(md)
     files.append(out / "report.md")
     return {"runs": runs, "auc_vs_dim": table, "dim_reduction": reduction, "dim_reduction_summary": summary,
             "auc_vs_inner_dim": inner, "buckets": btable, "buckets_compare": bcompare, "spectrum": stable,
-            "spectrum_fields": sfields, "warnings": warnings, "files": files}
+            "spectrum_fields": sfields, "warnings": warnings, "files": files, "tuning": tuning}
+
+
+def render_tuning(tuning: pd.DataFrame, key: str, by: Sequence[str]) -> str:
+    parts = [f"## Tuning of `{key}` per arm", "",
+             f"Each arm (data, model, embedding, k, d) is reported at its own best `{key}`, chosen by mean "
+             "validation AUC over seeds (test AUC plays no part); every table below uses only those runs.", ""]
+    rows = [[*(str(r[b]) for b in by), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
+             str(r[key]), _fmt(r["val_auc_mean"]), int(r["seeds"]), "**chosen**" if r["chosen"] else ""]
+            for _, r in tuning.iterrows()]
+    parts += [markdown_table([*by, "data", "model", "embedding", "k", "d", key, "val AUC", "seeds", ""], rows), ""]
+    return "\n".join(parts)
 
 
 def render_markdown(runs, table, reduction, summary, inner, bcompare, stable, pngs, by, tolerance, reference_dim,
@@ -600,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="single-layer d of the reference AUC (default: the largest single-layer d run)")
     parser.add_argument("--by", nargs="*", default=[], metavar="KEY",
                         help="config keys that also split every table, e.g. optimizer.lr embedding.init")
+    parser.add_argument("--tune", default=None, metavar="KEY",
+                        help="a config key tuned per arm on validation AUC, e.g. optimizer.lr: compare best-tuned arms")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -607,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tolerance must be >= 0")
     try:
         result = build_report(args.dirs, args.out, args.tolerance, args.reference_dim, args.by,
-                              plots=not args.no_plots)
+                              plots=not args.no_plots, tune=args.tune)
     except FileNotFoundError as exc:
         print(f"mlet-report: error: {exc}", file=sys.stderr)
         return 2

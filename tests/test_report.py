@@ -195,3 +195,34 @@ def test_cli_writes_markdown_csv_and_png(records_dir, tmp_path):
 def test_cli_no_records_is_one_line_error(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "no run records" in capsys.readouterr().err
+
+
+def test_learning_rate_tuned_report_compares_best_tuned_arms(tmp_path):
+    """Each arm is reported at the lr with the best mean validation AUC, test AUC playing no part.
+
+    single d=8: lr 0.01 val (0.70, 0.72) -> 0.71; lr 0.1 val (0.75, 0.73) -> 0.74: chosen 0.1,
+                although lr 0.01 has the better test AUC (0.90): test must not leak into the choice.
+    mlet   d=8: lr 0.01 val 0.76 -> chosen; lr 0.1 val 0.60.
+    """
+    grid = {
+        ("single", None, 0.01): [(0.70, 0.90), (0.72, 0.90)],
+        ("single", None, 0.1): [(0.75, 0.741), (0.73, 0.739)],
+        ("mlet", 64, 0.01): [(0.76, 0.751), (0.76, 0.749)],
+        ("mlet", 64, 0.1): [(0.60, 0.60), (0.60, 0.60)],
+    }
+    for (emb, k, lr), runs in grid.items():
+        for seed, (val, test) in enumerate(runs):
+            rec = _record("m", emb, k, 8, seed, test)
+            rec["val_auc"] = val
+            rec["config"]["optimizer"]["lr"] = lr
+            write_record(tmp_path / "runs" / f"{emb}-{lr}-{seed}" / "record.json", rec)
+    result = build_report([tmp_path / "runs"], tmp_path / "report", tune="optimizer.lr", plots=False)
+    chosen = result["tuning"][result["tuning"]["chosen"]]
+    assert dict(zip(chosen["embedding"], chosen["optimizer.lr"])) == {"single": 0.1, "mlet": 0.01}
+    table = result["auc_vs_dim"].set_index("embedding")
+    assert table.loc["single", "auc_mean"] == pytest.approx(0.74)
+    assert table.loc["mlet", "auc_mean"] == pytest.approx(0.75)
+    assert table.loc["single", "seeds"] == 2
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Tuning of `optimizer.lr` per arm" in md and "**chosen**" in md
+    assert (tmp_path / "report" / "tuning.csv").is_file()
