@@ -10,6 +10,7 @@ of per-batch values.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,6 +20,7 @@ from torch import nn
 
 from mlet.embeddings import FieldEmbedding
 from mlet.metrics import auc, logloss
+from mlet.optim import SparseAwareOptimizer
 
 
 class CTRNet(nn.Module):
@@ -37,7 +39,11 @@ class CTRModule(pl.LightningModule):
     """Args:
     embedding: any :class:`FieldEmbedding`.
     model: a CTR model taking ``(embedded[B, F, d], dense[B, D])``.
-    optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``), default Adam(lr=1e-3).
+    optimizer: a :class:`mlet.optim.SparseAwareOptimizer` (what ``conf/optimizer`` builds): the
+        embedding's ``sparse`` flag is set to match it, its ``sparse_parameters()`` go to the sparse
+        optimiser and everything else to the dense one. A plain ``params -> Optimizer`` callable
+        (a Hydra ``_partial_``) also works: it gets every parameter and the embedding is left as is.
+        Default: Adam(lr=1e-3) on everything, dense.
     """
 
     def __init__(
@@ -48,7 +54,10 @@ class CTRModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.net = CTRNet(embedding, model)
-        self.optimizer_factory = optimizer
+        self.optimizer_factory = optimizer if optimizer is not None else SparseAwareOptimizer(partial(torch.optim.Adam), lr=1e-3)
+        sparse = getattr(self.optimizer_factory, "sparse_gradients", None)
+        if sparse is not None:  # the optimiser decides whether the tables produce sparse gradients
+            embedding.sparse = sparse
         self._eval_embedding: FieldEmbedding | None = None
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.results: dict[str, dict[str, Any]] = {}
@@ -68,8 +77,14 @@ class CTRModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
-        return factory([p for p in self.parameters() if p.requires_grad])
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        factory = self.optimizer_factory
+        if not hasattr(factory, "build"):
+            return factory(trainable)
+        sparse_ids = {id(p) for p in self.embedding.sparse_parameters()} if self.embedding.sparse else set()
+        return factory.build(
+            [p for p in trainable if id(p) not in sparse_ids], [p for p in trainable if id(p) in sparse_ids]
+        )
 
     # ---- evaluation on the collapsed model ---------------------------------------------------
     def _start_eval(self, stage: str) -> None:

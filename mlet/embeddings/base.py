@@ -85,5 +85,23 @@ class FieldEmbedding(nn.Module, ABC):
         """Parameters whose gradient only touches the rows of a batch (the large tables)."""
         return []
 
+    def _sparse_tables(self) -> list[nn.Embedding]:
+        owned = {id(p) for p in self.sparse_parameters()}
+        return [m for m in self.modules() if isinstance(m, nn.Embedding) and id(m.weight) in owned]
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the tables of ``sparse_parameters()`` produce row-sparse gradients.
+
+        Set it to match the optimiser (:class:`mlet.module.CTRModule` does, from the optimiser
+        config): a sparse-capable optimiser then reads and writes only the rows of a batch.
+        """
+        return any(m.sparse for m in self._sparse_tables())
+
+    @sparse.setter
+    def sparse(self, value: bool) -> None:
+        for table in self._sparse_tables():
+            table.sparse = bool(value)
+
     def extra_repr(self) -> str:
         return f"fields={self.num_fields}, rows={self.total_rows}, dim={self.dim}"
