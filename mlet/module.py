@@ -88,7 +88,7 @@ class CTRModule(pl.LightningModule):
 
     # ---- evaluation on the collapsed model ---------------------------------------------------
     def _start_eval(self, stage: str) -> None:
-        self._eval_embedding = self.embedding.collapse()
+        self._eval_embedding = self.embedding.for_evaluation()
         self._outputs[stage] = []
 
     def _eval_step(self, stage: str, batch) -> None:

@@ -26,6 +26,15 @@ def check_cardinalities(cardinalities: Sequence[int]) -> list[int]:
     return cards
 
 
+EVAL_MODES = ("auto", "collapse", "gather")
+
+
+def check_eval_mode(eval_mode: str) -> str:
+    if eval_mode not in EVAL_MODES:
+        raise ValueError(f"embedding.eval_mode must be one of {', '.join(EVAL_MODES)}; got {eval_mode!r}")
+    return eval_mode
+
+
 def check_dim(name: str, value: int) -> int:
     if isinstance(value, bool) or int(value) != value or int(value) < 1:
         raise ValueError(f"embedding.{name} must be a positive integer, got {value!r}")
@@ -70,6 +79,11 @@ class FieldEmbedding(nn.Module, ABC):
     @abstractmethod
     def collapse(self) -> "FieldEmbedding":
         """The single-layer embedding (one ``n_f x dim`` table per field) that computes the same outputs."""
+
+    def for_evaluation(self) -> "FieldEmbedding":
+        """What validation and test score: the collapsed single-layer embedding, or a module that
+        computes exactly its outputs without materialising it (see ``MLETEmbedding.eval_mode``)."""
+        return self.collapse()
 
     @property
     def train_parameters(self) -> int:
