@@ -2,9 +2,11 @@
 the collapsed single-layer model.
 
 Validation and test collapse the embedding once per epoch (every MLET pair replaced by its
-``n x d`` product) and evaluate that, so every reported number is the deployed model's. AUC and
+``n x d`` product) and evaluate that, so every reported number is the deployed model's (an MLET
+embedding with ``eval_mode=gather`` computes the same rows as ``A[rows] B`` per batch instead). AUC and
 logloss are exact over the whole split (predictions gathered, then computed once), not averages
-of per-batch values.
+of per-batch values. Under DDP each process evaluates a distinct block of rows; the blocks are
+gathered (each row once, in split order) before the metrics are computed.
 """
 
 from __future__ import annotations
@@ -96,16 +98,37 @@ class CTRModule(pl.LightningModule):
         logits = self.net.model(self._eval_embedding(cat), dense)
         self._outputs[stage].append((logits.detach().float(), label))
 
+    def _gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """``local[C, n_rank]`` of every process concatenated along dim 1 in rank order.
+
+        Each process evaluates its own contiguous block of the split (``BatchKeys``), so the result
+        is the whole split in order, every row once. Blocks differ in length: gather the lengths,
+        pad to the longest, gather, cut the padding off."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return local
+        sizes = self.all_gather(torch.tensor(local.shape[1], device=local.device)).reshape(world).tolist()
+        padded = local.new_zeros(local.shape[0], max(sizes))
+        padded[:, : local.shape[1]] = local
+        gathered = self.all_gather(padded)  # [world, C, longest]
+        return torch.cat([gathered[r, :, :n] for r, n in enumerate(sizes)], dim=1)
+
     def _end_eval(self, stage: str) -> None:
         outputs = self._outputs.pop(stage, [])
         self._eval_embedding = None
-        if not outputs:
+        local = (
+            torch.stack([torch.cat([o[0] for o in outputs]), torch.cat([o[1].float() for o in outputs])])
+            if outputs
+            else torch.zeros(2, 0, device=self.device)
+        )
+        logits, labels = self._gather_rows(local)  # every process: the whole split, then computed once
+        if logits.numel() == 0:
             return
-        logits = torch.cat([o[0] for o in outputs])
-        labels = torch.cat([o[1] for o in outputs])
         metrics = {f"{stage}_auc": auc(logits, labels), f"{stage}_logloss": logloss(logits, labels)}
         self.results[stage] = {**metrics, "logits": logits.cpu(), "labels": labels.cpu()}
-        self.log_dict(metrics, prog_bar=True, sync_dist=False)
+        # Identical on every process (computed from the gathered outputs): syncing with max changes
+        # nothing and tells Lightning the epoch value is global.
+        self.log_dict(metrics, prog_bar=True, sync_dist=True, reduce_fx="max")
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval("val")
