@@ -92,10 +92,14 @@ class MLETEmbedding(FieldEmbedding):
         self.projection = nn.Parameter(torch.randn(shape) * std, requires_grad=bool(train_projection))
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        a = self.inner(self.rows(indices))  # [B, F, k]
+        rows = self.rows(indices)  # [B, F]
         if self.share_projection:
-            return a @ self.projection
-        return torch.einsum("bfk,fkd->bfd", a, self.projection)
+            return self.inner(rows) @ self.projection
+        # Field-major: gather A's rows as [F, B, k] and multiply by each field's B in one batched
+        # matmul. Against einsum("bfk,fkd->bfd") on [B, F, k] this skips two permuting copies of the
+        # largest activation; forward + backward take about half the time (Criteo shapes, CPU).
+        a = self.inner(rows.t().contiguous())  # [F, B, k]
+        return torch.bmm(a, self.projection).transpose(0, 1).contiguous()  # [B, F, d]
 
     def field_projection(self, field: int) -> torch.Tensor:
         return self.projection if self.share_projection else self.projection[field]
