@@ -45,7 +45,7 @@ class CTRModule(pl.LightningModule):
         embedding's ``sparse`` flag is set to match it, its ``sparse_parameters()`` go to the sparse
         optimiser and everything else to the dense one. A plain ``params -> Optimizer`` callable
         (a Hydra ``_partial_``) also works: it gets every parameter and the embedding is left as is.
-        Default: Adam(lr=1e-3) on everything, dense.
+        Default: SparseAdam(lr=1e-3) on the tables, Adam(lr=1e-3) on the rest (``optimizer=sparse_adam``).
     """
 
     def __init__(
@@ -56,7 +56,9 @@ class CTRModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.net = CTRNet(embedding, model)
-        self.optimizer_factory = optimizer if optimizer is not None else SparseAwareOptimizer(partial(torch.optim.Adam), lr=1e-3)
+        if optimizer is None:  # the default of conf/optimizer: SparseAdam on the tables, Adam elsewhere
+            optimizer = SparseAwareOptimizer(partial(torch.optim.Adam), partial(torch.optim.SparseAdam), lr=1e-3)
+        self.optimizer_factory = optimizer
         sparse = getattr(self.optimizer_factory, "sparse_gradients", None)
         if sparse is not None:  # the optimiser decides whether the tables produce sparse gradients
             embedding.sparse = sparse
