@@ -1,35 +1,46 @@
 """Exact ranking and calibration metrics over a whole split.
 
-``auc`` is the Mann-Whitney statistic computed from one sort: ties between a positive and a
-negative count one half, as in the ROC area with every threshold. It never materialises a
-per-threshold curve, so millions of predictions cost one ``O(n log n)`` sort.
+``auc`` is the Mann-Whitney statistic: the fraction of (positive, negative) pairs ranked
+correctly, a tie counting one half, which equals the ROC area over every threshold. It never
+builds a per-threshold curve: the positives' and the negatives' scores are sorted separately and
+each positive's count of negatives below it (``left``) and at or below it (``right``) comes from a
+binary search, so the result is ``sum(left + right) / (2 P N)`` with the numerator an exact
+integer, whatever the number of predictions. On a CPU this runs in numpy (its vectorised sort is
+about twice torch's); on a GPU in torch. 5 million predictions take well under a second on one core.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 
+def _pairs_below_twice(pos: torch.Tensor, neg: torch.Tensor) -> int:
+    """``sum over positives of (#negatives < score) + (#negatives <= score)``: twice the count of
+    correctly ranked pairs, ties counting one half."""
+    if pos.device.type == "cpu":
+        if pos.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds every value exactly
+            pos, neg = pos.float(), neg.float()
+        p, q = np.sort(pos.numpy()), np.sort(neg.numpy())  # sorted queries: cache-friendly searches
+        return int(np.searchsorted(q, p, "left").sum(dtype=np.int64)) + int(
+            np.searchsorted(q, p, "right").sum(dtype=np.int64)
+        )
+    p, q = torch.sort(pos).values, torch.sort(neg).values
+    return int(torch.searchsorted(q, p).sum()) + int(torch.searchsorted(q, p, right=True).sum())
+
+
 def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Exact area under the ROC curve; ``nan`` when a class is absent."""
+    """Exact area under the ROC curve for 0/1 labels; ``nan`` when a class is absent."""
     scores = scores.detach().reshape(-1)
-    labels = labels.detach().reshape(-1).double()
+    labels = labels.detach().reshape(-1)
     if scores.numel() != labels.numel():
         raise ValueError(f"auc: {scores.numel()} scores for {labels.numel()} labels")
-    pos = labels.sum()
-    neg = labels.numel() - pos
-    if pos == 0 or neg == 0:
+    positive = labels != 0
+    pos, neg = scores[positive], scores[~positive]
+    if pos.numel() == 0 or neg.numel() == 0:
         return float("nan")
-    sorted_scores, order = torch.sort(scores)  # in the scores' own dtype: ties stay ties
-    sorted_labels = labels[order]
-    _, counts = torch.unique_consecutive(sorted_scores, return_counts=True)
-    ends = counts.cumsum(0) - 1
-    pos_cum = sorted_labels.cumsum(0)[ends]  # positives at or below each distinct score
-    pos_in = torch.diff(pos_cum, prepend=pos_cum.new_zeros(1))
-    neg_in = counts.double() - pos_in
-    neg_below = neg_in.cumsum(0) - neg_in
-    return float(((pos_in * (neg_below + 0.5 * neg_in)).sum() / (pos * neg)).item())
+    return _pairs_below_twice(pos, neg) / (2 * pos.numel() * neg.numel())
 
 
 def logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:

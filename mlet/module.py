@@ -2,14 +2,17 @@
 the collapsed single-layer model.
 
 Validation and test collapse the embedding once per epoch (every MLET pair replaced by its
-``n x d`` product) and evaluate that, so every reported number is the deployed model's. AUC and
+``n x d`` product) and evaluate that, so every reported number is the deployed model's (an MLET
+embedding with ``eval_mode=gather`` computes the same rows as ``A[rows] B`` per batch instead). AUC and
 logloss are exact over the whole split (predictions gathered, then computed once), not averages
-of per-batch values.
+of per-batch values. Under DDP each process evaluates a distinct block of rows; the blocks are
+gathered (each row once, in split order) before the metrics are computed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -19,6 +22,7 @@ from torch import nn
 
 from mlet.embeddings import FieldEmbedding
 from mlet.metrics import auc, logloss
+from mlet.optim import SparseAwareOptimizer
 
 
 class CTRNet(nn.Module):
@@ -37,7 +41,11 @@ class CTRModule(pl.LightningModule):
     """Args:
     embedding: any :class:`FieldEmbedding`.
     model: a CTR model taking ``(embedded[B, F, d], dense[B, D])``.
-    optimizer: ``params -> torch.optim.Optimizer`` (a Hydra ``_partial_``), default Adam(lr=1e-3).
+    optimizer: a :class:`mlet.optim.SparseAwareOptimizer` (what ``conf/optimizer`` builds): the
+        embedding's ``sparse`` flag is set to match it, its ``sparse_parameters()`` go to the sparse
+        optimiser and everything else to the dense one. A plain ``params -> Optimizer`` callable
+        (a Hydra ``_partial_``) also works: it gets every parameter and the embedding is left as is.
+        Default: SparseAdam(lr=1e-3) on the tables, Adam(lr=1e-3) on the rest (``optimizer=sparse_adam``).
     """
 
     def __init__(
@@ -48,7 +56,12 @@ class CTRModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.net = CTRNet(embedding, model)
+        if optimizer is None:  # the default of conf/optimizer: SparseAdam on the tables, Adam elsewhere
+            optimizer = SparseAwareOptimizer(partial(torch.optim.Adam), partial(torch.optim.SparseAdam), lr=1e-3)
         self.optimizer_factory = optimizer
+        sparse = getattr(self.optimizer_factory, "sparse_gradients", None)
+        if sparse is not None:  # the optimiser decides whether the tables produce sparse gradients
+            embedding.sparse = sparse
         self._eval_embedding: FieldEmbedding | None = None
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.results: dict[str, dict[str, Any]] = {}
@@ -73,12 +86,18 @@ class CTRModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        factory = self.optimizer_factory or (lambda params: torch.optim.Adam(params, lr=1e-3))
-        return factory([p for p in self.parameters() if p.requires_grad])
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        factory = self.optimizer_factory
+        if not hasattr(factory, "build"):
+            return factory(trainable)
+        sparse_ids = {id(p) for p in self.embedding.sparse_parameters()} if self.embedding.sparse else set()
+        return factory.build(
+            [p for p in trainable if id(p) not in sparse_ids], [p for p in trainable if id(p) in sparse_ids]
+        )
 
     # ---- evaluation on the collapsed model ---------------------------------------------------
     def _start_eval(self, stage: str) -> None:
-        self._eval_embedding = self.embedding.collapse()
+        self._eval_embedding = self.embedding.for_evaluation()
         self._outputs[stage] = []
 
     def _eval_step(self, stage: str, batch) -> None:
@@ -86,16 +105,37 @@ class CTRModule(pl.LightningModule):
         logits = self.net.model(self._eval_embedding(cat), dense)
         self._outputs[stage].append((logits.detach().float(), label))
 
+    def _gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """``local[C, n_rank]`` of every process concatenated along dim 1 in rank order.
+
+        Each process evaluates its own contiguous block of the split (``BatchKeys``), so the result
+        is the whole split in order, every row once. Blocks differ in length: gather the lengths,
+        pad to the longest, gather, cut the padding off."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return local
+        sizes = self.all_gather(torch.tensor(local.shape[1], device=local.device)).reshape(world).tolist()
+        padded = local.new_zeros(local.shape[0], max(sizes))
+        padded[:, : local.shape[1]] = local
+        gathered = self.all_gather(padded)  # [world, C, longest]
+        return torch.cat([gathered[r, :, :n] for r, n in enumerate(sizes)], dim=1)
+
     def _end_eval(self, stage: str) -> None:
         outputs = self._outputs.pop(stage, [])
         self._eval_embedding = None
-        if not outputs:
+        local = (
+            torch.stack([torch.cat([o[0] for o in outputs]), torch.cat([o[1].float() for o in outputs])])
+            if outputs
+            else torch.zeros(2, 0, device=self.device)
+        )
+        logits, labels = self._gather_rows(local)  # every process: the whole split, then computed once
+        if logits.numel() == 0:
             return
-        logits = torch.cat([o[0] for o in outputs])
-        labels = torch.cat([o[1] for o in outputs])
         metrics = {f"{stage}_auc": auc(logits, labels), f"{stage}_logloss": logloss(logits, labels)}
         self.results[stage] = {**metrics, "logits": logits.cpu(), "labels": labels.cpu()}
-        self.log_dict(metrics, prog_bar=True, sync_dist=False)
+        # Identical on every process (computed from the gathered outputs): syncing with max changes
+        # nothing and tells Lightning the epoch value is global.
+        self.log_dict(metrics, prog_bar=True, sync_dist=True, reduce_fx="max")
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval("val")

@@ -42,3 +42,33 @@ def test_logloss_is_mean_binary_cross_entropy():
     p = torch.sigmoid(logits.double())
     expected = -(torch.log(1 - p[0]) + torch.log(p[1]) + torch.log(p[2])) / 3
     assert logloss(logits, labels) == pytest.approx(expected.item(), rel=1e-12)
+
+
+def rank_sum_auc(scores, labels):
+    """Independent reference: Mann-Whitney U from average ranks (ties share their mean rank)."""
+    values, inverse, counts = torch.unique(scores.double(), return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()  # rank of the last member of each tie group
+    mean_rank = ends - (counts.double() - 1) / 2
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    rank_sum = mean_rank[inverse][pos].sum().item()
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("levels", [7, 1000, None])
+def test_auc_matches_rank_sum_reference_on_many_predictions(dtype, levels):
+    gen = torch.Generator().manual_seed(levels or 0)
+    n = 200_000
+    scores = torch.randn(n, generator=gen)
+    if levels:
+        scores = torch.floor(scores * levels / 6)
+    scores = scores.to(dtype)  # float16/bfloat16 rounding adds ties of their own
+    labels = (torch.rand(n, generator=gen) < torch.sigmoid(scores.float())).float()
+    assert auc(scores, labels) == pytest.approx(rank_sum_auc(scores, labels), abs=1e-12)
+
+
+def test_auc_ties_negative_and_positive_zero():
+    # -0.0 == 0.0: a positive at -0.0 and a negative at +0.0 tie (count one half)
+    assert auc(torch.tensor([-0.0, 0.0]), torch.tensor([1.0, 0.0])) == 0.5
+    assert auc(torch.tensor([-0.0, 0.0, -1.0]), torch.tensor([1.0, 0.0, 0.0])) == 0.75

@@ -13,6 +13,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data.distributed import DistributedSampler
 
 from mlet.data.arrays import CTRArrays, Split
 
@@ -39,39 +40,75 @@ class SplitBatches(Dataset):
         )
 
 
-class BatchKeys(Sampler):
+class BatchKeys(DistributedSampler):
     """Yields one key per batch: slices in order, or (``shuffle``) sorted index arrays of a fresh
     permutation per epoch. Lightning calls ``set_epoch`` before each training epoch, so the order
-    is a function of (seed, epoch) and a resumed run sees the same batches."""
+    is a function of (seed, epoch) and a resumed run sees the same batches.
 
-    def __init__(self, rows: int, batch_size: int, shuffle: bool, seed: int = 0) -> None:
+    With ``num_replicas`` processes (DDP), process ``rank`` gets its share:
+
+    * evaluation (no shuffle): the contiguous row block ``[rows*rank//R, rows*(rank+1)//R)`` in
+      slices, so the processes' outputs concatenated in rank order are the split in order, every
+      row exactly once. Blocks can differ by one batch; the shorter ones end with empty slices, so
+      every process runs the same number of steps (DDP's forward is a collective).
+    * training (shuffle): batches ``rank, rank + R, ...`` of the epoch's permutation, the list
+      wrapped round to a multiple of R so every process takes the same number of steps.
+
+    It is a ``DistributedSampler`` only so that Lightning leaves it alone: Lightning wraps any other
+    sampler in its own distributed wrapper, which repeats batches to even out the processes (rows
+    counted twice in the metrics) and never forwards ``set_epoch`` (the same permutation every epoch).
+    """
+
+    def __init__(
+        self, rows: int, batch_size: int, shuffle: bool, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        Sampler.__init__(self)  # DistributedSampler.__init__ wants a dataset and a process group
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"BatchKeys: rank {rank} out of {num_replicas} processes")
         self.rows = int(rows)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = 0
         self.skip: tuple[int, int] | None = None  # (epoch, batches) to skip once, when resuming
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.drop_last = False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def __len__(self) -> int:
+    @property
+    def num_batches(self) -> int:
+        """Batches of the whole split (all processes together, before any padding)."""
         return -(-self.rows // self.batch_size)
 
+    def __len__(self) -> int:
+        if self.shuffle:
+            return -(-self.num_batches // self.num_replicas)
+        largest_block = -(-self.rows // self.num_replicas)
+        return -(-largest_block // self.batch_size)
+
     def __iter__(self):
-        first = 0
+        first = 0  # batches of this epoch already trained on (a resumed run skips them)
         if self.skip is not None:
             if self.skip[0] == self.epoch:
                 first = self.skip[1]
             self.skip = None
-        starts = range(first * self.batch_size, self.rows, self.batch_size)
         if not self.shuffle:
-            for lo in starts:
-                yield slice(lo, min(lo + self.batch_size, self.rows))
+            lo = self.rows * self.rank // self.num_replicas
+            hi = self.rows * (self.rank + 1) // self.num_replicas
+            starts = range(lo, hi, self.batch_size)
+            for start in starts:
+                yield slice(start, min(start + self.batch_size, hi))
+            for _ in range(len(self) - len(starts)):
+                yield slice(hi, hi)  # empty: keeps the processes in step
             return
         order = np.random.default_rng((self.seed, self.epoch)).permutation(self.rows)
-        for lo in starts:
-            yield np.sort(order[lo : lo + self.batch_size])  # sorted: sequential reads from a memory map
+        for i in range(first, len(self)):
+            b = (i * self.num_replicas + self.rank) % self.num_batches
+            # sorted: sequential reads from a memory map
+            yield np.sort(order[b * self.batch_size : (b + 1) * self.batch_size])
 
 
 class ResumableLoader(DataLoader):
@@ -153,11 +190,21 @@ class CTRDataModule(pl.LightningDataModule):
         self.setup()
         return self.arrays.num_fields
 
+    def _replicas(self) -> tuple[int, int]:
+        """(processes, this process's rank): from the Trainer when attached, else torch.distributed."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.world_size, trainer.global_rank
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         split = self.arrays.splits[name]
+        replicas, rank = self._replicas()
         return (ResumableLoader if shuffle else DataLoader)(
             SplitBatches(split),
-            sampler=BatchKeys(len(split), batch_size, shuffle=shuffle, seed=self.seed),
+            sampler=BatchKeys(len(split), batch_size, shuffle=shuffle, seed=self.seed, num_replicas=replicas, rank=rank),
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),

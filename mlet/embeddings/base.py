@@ -26,6 +26,15 @@ def check_cardinalities(cardinalities: Sequence[int]) -> list[int]:
     return cards
 
 
+EVAL_MODES = ("auto", "collapse", "gather")
+
+
+def check_eval_mode(eval_mode: str) -> str:
+    if eval_mode not in EVAL_MODES:
+        raise ValueError(f"embedding.eval_mode must be one of {', '.join(EVAL_MODES)}; got {eval_mode!r}")
+    return eval_mode
+
+
 def check_dim(name: str, value: int) -> int:
     if isinstance(value, bool) or int(value) != value or int(value) < 1:
         raise ValueError(f"embedding.{name} must be a positive integer, got {value!r}")
@@ -79,6 +88,11 @@ class FieldEmbedding(nn.Module, ABC):
     def collapse(self) -> "FieldEmbedding":
         """The single-layer embedding (one ``n_f x dim`` table per field) that computes the same outputs."""
 
+    def for_evaluation(self) -> "FieldEmbedding":
+        """What validation and test score: the collapsed single-layer embedding, or a module that
+        computes exactly its outputs without materialising it (see ``MLETEmbedding.eval_mode``)."""
+        return self.collapse()
+
     @property
     def train_parameters(self) -> int:
         """Parameters trained (for MLET: the factors A and B)."""
@@ -92,6 +106,24 @@ class FieldEmbedding(nn.Module, ABC):
     def sparse_parameters(self) -> list[nn.Parameter]:
         """Parameters whose gradient only touches the rows of a batch (the large tables)."""
         return []
+
+    def _sparse_tables(self) -> list[nn.Embedding]:
+        owned = {id(p) for p in self.sparse_parameters()}
+        return [m for m in self.modules() if isinstance(m, nn.Embedding) and id(m.weight) in owned]
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the tables of ``sparse_parameters()`` produce row-sparse gradients.
+
+        Set it to match the optimiser (:class:`mlet.module.CTRModule` does, from the optimiser
+        config): a sparse-capable optimiser then reads and writes only the rows of a batch.
+        """
+        return any(m.sparse for m in self._sparse_tables())
+
+    @sparse.setter
+    def sparse(self, value: bool) -> None:
+        for table in self._sparse_tables():
+            table.sparse = bool(value)
 
     def extra_repr(self) -> str:
         return f"fields={self.num_fields}, rows={self.total_rows}, dim={self.dim}"

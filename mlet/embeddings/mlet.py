@@ -26,10 +26,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mlet.embeddings.base import FieldEmbedding, check_dim
+from mlet.embeddings.base import FieldEmbedding, check_dim, check_eval_mode
 from mlet.embeddings.single import SingleLayerEmbedding, init_uniform_per_field
 
 INITS = ("scaled", "authors")
+# eval_mode=auto gathers instead of collapsing when the collapsed table would hold more entries
+# than this (2^26 float32 = 256 MiB): building it at every validation then costs real memory.
+AUTO_GATHER_ENTRIES = 2**26
 
 
 def projection_std(init: str, inner_dim: int) -> float:
@@ -51,7 +54,12 @@ class MLETEmbedding(FieldEmbedding):
         share_projection: one ``B`` (k x d) for all fields instead of one per field.
         train_projection: train ``B``; ``False`` keeps it fixed at its random initialisation.
         init: ``scaled`` or ``authors``, see the module docstring.
-        sparse: sparse row gradients for the large ``A`` tables.
+        sparse: sparse row gradients for the large ``A`` tables (normally set from the optimiser).
+        eval_mode: how evaluation computes the collapsed model's outputs. ``collapse``: build the
+            ``n x d`` table ``A B`` once per validation/test and look rows up in it. ``gather``:
+            look up rows of ``A`` and multiply them by ``B`` (the same numbers up to float
+            rounding, no ``n x d`` table). ``auto``: ``gather`` when the table would exceed
+            ``AUTO_GATHER_ENTRIES`` entries, else ``collapse``. Export always collapses (``collapse()``).
     """
 
     kind = "mlet"
@@ -65,8 +73,10 @@ class MLETEmbedding(FieldEmbedding):
         train_projection: bool = True,
         init: str = "scaled",
         sparse: bool = False,
+        eval_mode: str = "auto",
     ) -> None:
         super().__init__(cardinalities, dim)
+        self.eval_mode = check_eval_mode(eval_mode)
         self.inner_dim = check_dim("inner_dim", inner_dim)
         self._check_inner_dim()
         self.share_projection = bool(share_projection)
@@ -85,10 +95,14 @@ class MLETEmbedding(FieldEmbedding):
             )
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        a = self.inner(self.rows(indices))  # [B, F, k]
+        rows = self.rows(indices)  # [B, F]
         if self.share_projection:
-            return a @ self.projection
-        return torch.einsum("bfk,fkd->bfd", a, self.projection)
+            return self.inner(rows) @ self.projection
+        # Field-major: gather A's rows as [F, B, k] and multiply by each field's B in one batched
+        # matmul. Against einsum("bfk,fkd->bfd") on [B, F, k] this skips two permuting copies of the
+        # largest activation; forward + backward take about half the time (Criteo shapes, CPU).
+        a = self.inner(rows.t().contiguous())  # [F, B, k]
+        return torch.bmm(a, self.projection).transpose(0, 1).contiguous()  # [B, F, d]
 
     def field_projection(self, field: int) -> torch.Tensor:
         return self.projection if self.share_projection else self.projection[field]
@@ -113,10 +127,20 @@ class MLETEmbedding(FieldEmbedding):
     def sparse_parameters(self) -> list[nn.Parameter]:
         return [self.inner.weight]
 
+    def resolved_eval_mode(self) -> str:
+        if self.eval_mode != "auto":
+            return self.eval_mode
+        return "gather" if self.total_rows * self.dim > AUTO_GATHER_ENTRIES else "collapse"
+
+    def for_evaluation(self) -> FieldEmbedding:
+        """The collapsed table (``collapse``) or this module itself (``gather``: ``forward`` computes
+        ``A[rows] B_f``, the collapsed table's rows, without building the table)."""
+        return self.collapse() if self.resolved_eval_mode() == "collapse" else self
+
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, inner_dim={self.inner_dim}, share_projection={self.share_projection}, "
-            f"init={self.init}, train_projection={self.projection.requires_grad}"
+            f"init={self.init}, train_projection={self.projection.requires_grad}, eval_mode={self.eval_mode}"
         )
 
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mlet.embeddings.base import FieldEmbedding
+from mlet.embeddings.base import FieldEmbedding, check_eval_mode
 
 
 def init_uniform_per_field(weight: torch.Tensor, cardinalities: Sequence[int], generator=None) -> None:
@@ -33,14 +33,22 @@ class SingleLayerEmbedding(FieldEmbedding):
         sparse: produce sparse row gradients (for SparseAdam / sparse SGD / Adagrad).
         inner_dim: ignored (a single-layer table has no inner dimension); accepted so that one
             sweep can set ``embedding.inner_dim`` for both embedding types.
+        eval_mode: checked, otherwise ignored (a single-layer table is its own collapsed form);
+            accepted for the same reason.
     """
 
     kind = "single"
 
     def __init__(
-        self, cardinalities: Sequence[int], dim: int, sparse: bool = False, inner_dim: int | None = None
+        self,
+        cardinalities: Sequence[int],
+        dim: int,
+        sparse: bool = False,
+        inner_dim: int | None = None,
+        eval_mode: str = "auto",
     ) -> None:
         super().__init__(cardinalities, dim)
+        check_eval_mode(eval_mode)
         self.table = nn.Embedding(self.total_rows, self.dim, sparse=sparse)
         init_uniform_per_field(self.table.weight, self.cardinalities)
 

@@ -1,0 +1,182 @@
+"""Sparse-aware optimisation: the embedding tables get row-sparse gradients and an optimiser that
+reads and writes only the rows a batch touched; every other parameter gets a dense optimiser.
+
+``conf/optimizer/*.yaml`` instantiates a :class:`SparseAwareOptimizer`: a ``dense`` optimiser
+factory (a Hydra ``_partial_``), an optional ``sparse`` one for the embedding's
+``sparse_parameters()`` (the large tables: single-layer ``W``, MLET ``A``; MLET's ``B`` is dense),
+and one ``lr`` for both. The embedding's ``sparse`` flag follows from it (``sparse_gradients``):
+:class:`mlet.module.CTRModule` sets it, so a user chooses one thing, the optimiser.
+
+Torch has no optimiser that takes both kinds of gradient for Adam (``SparseAdam`` refuses dense
+gradients, ``Adam`` sparse ones), and Lightning's automatic optimisation steps one optimiser per
+batch (several need manual optimisation, which also counts ``global_step`` once per optimiser).
+:class:`CombinedOptimizer` therefore presents several torch optimisers as one: Lightning, LR
+schedulers and checkpoints see a single optimiser. ``SGD`` and ``Adagrad`` accept sparse and dense
+gradients in one instance, so when ``sparse`` and ``dense`` name the same optimiser with the same
+arguments, one torch optimiser with two parameter groups is built and no wrapper is needed.
+
+What each sparse-capable optimiser does to rows a batch did not touch:
+
+* ``SGD`` (no momentum, no weight decay) and ``Adagrad`` (no weight decay): nothing, exactly as the
+  dense update (their gradient there is zero), so the sparse path is the same algorithm, faster.
+* ``SparseAdam``: "lazy Adam": the moments of untouched rows are neither decayed nor applied, so
+  it is a different (and for embeddings usual) algorithm than dense ``Adam``, which keeps moving
+  every row with its decaying momentum.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+OptimizerFactory = Callable[..., Optimizer]
+
+
+class CombinedOptimizer(Optimizer):
+    """Several torch optimisers (over disjoint parameters) stepped as one.
+
+    ``param_groups`` is the concatenation of the children's groups (the same dicts: a scheduler
+    changing ``lr`` changes the child), ``state`` a merged view of the children's states,
+    ``state_dict`` the list of the children's. ``step(closure)`` evaluates the closure once, then
+    steps every child.
+    """
+
+    def __init__(self, optimizers: Sequence[Optimizer]) -> None:
+        optimizers = list(optimizers)
+        if not optimizers or not all(isinstance(o, Optimizer) for o in optimizers):
+            raise ValueError("CombinedOptimizer needs at least one torch.optim.Optimizer")
+        seen: set[int] = set()
+        for opt in optimizers:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if id(p) in seen:
+                        raise ValueError("CombinedOptimizer: a parameter belongs to two optimizers")
+                    seen.add(id(p))
+        self.optimizers = optimizers
+        # Optimizer.__init__ would register parameters of its own; set up only what its methods
+        # (hooks, repr, profiling of step) rely on.
+        self.defaults: dict[str, Any] = {}
+        self.param_groups = [g for opt in optimizers for g in opt.param_groups]
+        for name in (
+            "_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
+            "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
+            "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks",
+        ):
+            setattr(self, name, OrderedDict())
+        self._warned_capturable_if_run_uncaptured = True
+        self._patch_step_function()
+
+    @property
+    def state(self) -> dict[torch.Tensor, Any]:  # type: ignore[override]
+        """Per-parameter state of every child (the children's own dicts, so in-place edits stick)."""
+        return {p: s for opt in self.optimizers for p, s in opt.state.items()}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        inner = ",\n".join("  " + repr(o).replace("\n", "\n  ") for o in self.optimizers)
+        return f"CombinedOptimizer(\n{inner}\n)"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        raise NotImplementedError("CombinedOptimizer: add the parameter group to one of .optimizers")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict.get("optimizers")
+        if states is None or len(states) != len(self.optimizers):
+            raise ValueError(
+                f"CombinedOptimizer: the state holds {len(states) if states is not None else 'no'} optimizers, "
+                f"this one has {len(self.optimizers)} (was the checkpoint written with another optimizer config?)"
+            )
+        for opt, state in zip(self.optimizers, states):
+            opt.load_state_dict(state)
+
+
+def _name(factory: OptimizerFactory) -> str:
+    func = factory.func if isinstance(factory, functools.partial) else factory
+    return getattr(func, "__name__", repr(func))
+
+
+def _same(a: OptimizerFactory, b: OptimizerFactory) -> bool:
+    if isinstance(a, functools.partial) and isinstance(b, functools.partial):
+        return a.func is b.func and a.args == b.args and a.keywords == b.keywords
+    return a is b
+
+
+class SparseAwareOptimizer:
+    """What ``conf/optimizer`` builds: one optimiser per kind of parameter.
+
+    Args:
+        dense: ``params -> Optimizer`` for every parameter with a dense gradient (Hydra ``_partial_``).
+        sparse: ``params -> Optimizer`` for the embedding's ``sparse_parameters()``, which then get
+            row-sparse gradients; it must accept sparse gradients (``SparseAdam``, ``SGD``,
+            ``Adagrad``). ``None``: the tables are dense parameters like the rest.
+        lr: learning rate given to both (an ``lr`` set inside ``dense``/``sparse`` wins).
+    """
+
+    def __init__(self, dense: OptimizerFactory, sparse: OptimizerFactory | None = None, lr: float | None = None):
+        if not callable(dense) or (sparse is not None and not callable(sparse)):
+            raise ValueError("optimizer.dense (and optimizer.sparse, when set) must be optimizer factories")
+        if lr is not None and not lr > 0:
+            raise ValueError(f"optimizer.lr must be positive, got {lr!r}")
+        self.dense = dense
+        self.sparse = sparse
+        self.lr = lr
+
+    @property
+    def sparse_gradients(self) -> bool:
+        """Whether the embedding tables should produce sparse gradients."""
+        return self.sparse is not None
+
+    def _kwargs(self, factory: OptimizerFactory) -> dict[str, Any]:
+        given = factory.keywords if isinstance(factory, functools.partial) else {}
+        return {"lr": self.lr} if self.lr is not None and "lr" not in given else {}
+
+    def build(self, dense_params: Iterable[nn.Parameter], sparse_params: Iterable[nn.Parameter] = ()) -> Optimizer:
+        """The optimiser for ``dense_params`` and (row-sparse gradients) ``sparse_params``."""
+        dense_params, sparse_params = list(dense_params), list(sparse_params)
+        if sparse_params and self.sparse is None:
+            dense_params, sparse_params = dense_params + sparse_params, []
+        if not sparse_params:
+            return self.dense(dense_params, **self._kwargs(self.dense))
+        if not dense_params:
+            return self.sparse(sparse_params, **self._kwargs(self.sparse))
+        if _same(self.dense, self.sparse):  # SGD, Adagrad: one optimiser takes both kinds of gradient
+            return self.dense([{"params": dense_params}, {"params": sparse_params}], **self._kwargs(self.dense))
+        return CombinedOptimizer(
+            [self.dense(dense_params, **self._kwargs(self.dense)), self.sparse(sparse_params, **self._kwargs(self.sparse))]
+        )
+
+    def __call__(self, params: Iterable[nn.Parameter]) -> Optimizer:
+        """All ``params`` dense (the plain ``_partial_`` optimiser interface)."""
+        return self.build(params)
+
+    def __repr__(self) -> str:
+        sparse = _name(self.sparse) if self.sparse is not None else None
+        return f"SparseAwareOptimizer(dense={_name(self.dense)}, sparse={sparse}, lr={self.lr})"

@@ -1,0 +1,458 @@
+#!/usr/bin/env python
+"""mlet performance benchmark: prints one table of ratios, each measured within this one run.
+
+Generated data with Criteo's schema (13 dense, 26 categorical fields; cardinalities shaped like
+Criteo Kaggle's, water-filled to a total vocabulary, Zipf-distributed category draws), batch 4096,
+DLRM with BARS-sized MLPs (bottom and top 400-400-400, batch norm, dropout 0.2).
+
+1. samples/s and peak memory of mlet's training loop (CTRModule + Trainer.fit over CTRDataModule)
+   against a minimal hand-written PyTorch loop over the same model and the same in-memory arrays;
+2. MLET d=16 k=64 against single-layer d=16, and MLET d=4 k=64 against single-layer d=64
+   (iso-quality): step time and peak memory;
+3. step time at a total vocabulary of 1M against 10M rows, with the sparse optimiser and with dense Adam;
+4. seconds for the exact AUC (and logloss) over 5 million predictions;
+5. DataLoader workers: batches/s of the training loader with 0 and 2 worker processes.
+
+Every training configuration runs in its own subprocess (peak memory is that process's: resident
+set high-water mark above the level after data generation on a CPU, torch.cuda.max_memory_allocated
+on a GPU). A timing is the median of ``--repeats`` chunks of ``--steps`` steps after ``--warmup``
+steps; each row names the device it ran on. Compared configurations run back to back.
+
+    python scripts/benchmark.py                       # 1M rows, items 1-5 (3 with 10M)
+    python scripts/benchmark.py --large-vocab 0       # skip the 10M-row configurations
+    python scripts/benchmark.py --vocab 10000000      # everything at 10M rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Criteo Kaggle (display advertising challenge) categorical cardinalities C1..C26, full vocabularies.
+CRITEO_CARDINALITIES = [
+    1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194,
+    27, 14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
+]
+NUM_DENSE = 13
+BARS_MLP = [400, 400, 400]
+
+
+def criteo_cardinalities(total: int) -> list[int]:
+    """Criteo's 26 cardinalities with the largest ones capped at one level so that they sum to
+    ``total`` (water-filling: what a frequency threshold does to the long tails)."""
+    cards = CRITEO_CARDINALITIES
+    if total >= sum(cards):
+        scale = total / sum(cards)
+        return [max(1, round(c * scale)) for c in cards]
+    lo, hi = 1, max(cards)
+    while lo < hi:  # the largest cap whose capped sum stays within total
+        mid = (lo + hi + 1) // 2
+        if sum(min(c, mid) for c in cards) <= total:
+            lo = mid
+        else:
+            hi = mid - 1
+    capped = [min(c, lo) for c in cards]
+    short = total - sum(capped)
+    for i in sorted(range(len(cards)), key=lambda i: -cards[i])[:short]:
+        capped[i] += 1
+    return capped
+
+
+def zipf_indices(rng: np.random.Generator, n: int, rows: int, exponent: float = 1.1) -> np.ndarray:
+    """``rows`` draws from ``0..n-1`` with P(rank r) ~ r^-exponent (continuous inverse CDF), ranks
+    scattered over the ids by an affine map so that hot rows are not adjacent."""
+    u = rng.random(rows)
+    a = 1.0 - exponent
+    rank = np.floor(((n**a - 1.0) * u + 1.0) ** (1.0 / a)).astype(np.int64) - 1
+    rank = np.clip(rank, 0, n - 1)
+    mult = 2654435761
+    while math.gcd(mult, n) != 1:
+        mult += 2
+    return (rank * mult + 12345) % n
+
+
+def make_arrays(vocab: int, rows: int, seed: int = 0):
+    from mlet.data.arrays import CTRArrays, Split
+
+    rng = np.random.default_rng(seed)
+    cards = criteo_cardinalities(vocab)
+    cat = np.empty((rows, len(cards)), dtype=np.int64)
+    for f, n in enumerate(cards):
+        cat[:, f] = zipf_indices(rng, n, rows)
+    dense = np.log1p(np.floor(rng.lognormal(1.0, 1.5, size=(rows, NUM_DENSE)))).astype(np.float32)
+    label = (rng.random(rows) < 0.25).astype(np.float32)
+    small = slice(0, min(rows, 4096))
+    splits = {"train": Split(dense, cat, label), "val": Split(dense[small], cat[small], label[small])}
+    splits["test"] = splits["val"]
+    return CTRArrays("criteo-like", [f"I{i + 1}" for i in range(NUM_DENSE)], [f"C{i + 1}" for i in range(26)],
+                     cards, splits)
+
+
+class InMemory:
+    def __init__(self, arrays) -> None:
+        self.arrays = arrays
+
+    def load(self):
+        return self.arrays
+
+
+# ---- measurement helpers ----------------------------------------------------------------------
+def _status() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+class PeakMemory:
+    """Peak memory above the level at ``start()``: CUDA allocator peak, or the resident set's
+    high-water mark (reset through /proc/self/clear_refs) on a CPU."""
+
+    def __init__(self, device) -> None:
+        self.device = device
+
+    def start(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            pass  # then the high-water mark may include data generation: an overestimate
+        self.base = _status()["VmRSS"]
+
+    def peak(self) -> int:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - self.base
+        return _status()["VmHWM"] - self.base
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_net(cfg: dict, cards: list[int]):
+    from mlet.embeddings import MLETEmbedding, SingleLayerEmbedding
+    from mlet.models.dlrm import DLRM
+
+    if cfg["embedding"] == "mlet":
+        emb = MLETEmbedding(cards, cfg["dim"], cfg["inner_dim"])
+    else:
+        emb = SingleLayerEmbedding(cards, cfg["dim"])
+    model = DLRM(len(cards), emb.dim, NUM_DENSE, bottom_mlp=BARS_MLP, top_mlp=BARS_MLP, dropout=0.2, batch_norm=True)
+    return emb, model
+
+
+def optimizer_spec(name: str):
+    from functools import partial
+
+    import torch
+
+    from mlet.optim import SparseAwareOptimizer
+
+    sparse = partial(torch.optim.SparseAdam) if name == "sparse_adam" else None
+    return SparseAwareOptimizer(dense=partial(torch.optim.Adam), sparse=sparse, lr=1e-3)
+
+
+# ---- workers (one configuration per process) --------------------------------------------------
+def work_train(cfg: dict) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    device = torch.device(cfg["device"])
+    warmup, steps, repeats, batch = cfg["warmup"], cfg["steps"], cfg["repeats"], cfg["batch"]
+    total_steps = warmup + repeats * steps + 1  # the extra step's start closes the last chunk
+    arrays = make_arrays(cfg["vocab"], total_steps * batch)
+    marks = {warmup + k * steps for k in range(repeats + 1)}
+    memory = PeakMemory(device)
+    memory.start()
+    if cfg["loop"] == "plain":
+        times = plain_loop(cfg, arrays, device, total_steps, marks)
+    else:
+        times = lightning_loop(cfg, arrays, device, total_steps, marks)
+    peak = memory.peak()
+    chunks = [b - a for a, b in zip(times, times[1:])]
+    step = statistics.median(chunks) / steps
+    return {"step_s": step, "samples_per_s": batch / step, "peak_bytes": peak, "chunks_s": chunks,
+            "device": str(device)}
+
+
+def plain_loop(cfg: dict, arrays, device, total_steps: int, marks: set[int]) -> list[float]:
+    """A minimal hand-written loop: the same model, Adam on dense and SparseAdam on the table."""
+    import torch
+    import torch.nn.functional as F
+
+    from mlet.module import CTRNet
+
+    emb, model = build_net(cfg, arrays.cardinalities)
+    sparse = cfg["optimizer"] == "sparse_adam"
+    emb.sparse = sparse
+    net = CTRNet(emb, model).to(device)
+    table = {id(p) for p in emb.sparse_parameters()} if sparse else set()
+    opts = [torch.optim.Adam([p for p in net.parameters() if id(p) not in table], lr=1e-3)]
+    if sparse:
+        opts.append(torch.optim.SparseAdam(emb.sparse_parameters(), lr=1e-3))
+    train = arrays.splits["train"]
+    dense_all, cat_all, label_all = (torch.from_numpy(a) for a in (train.dense, train.cat, train.label))
+    order = torch.randperm(len(train))
+    batch, times = cfg["batch"], []
+    net.train()
+    for i in range(total_steps):
+        idx = order[i * batch : (i + 1) * batch]
+        dense, cat, label = dense_all[idx], cat_all[idx], label_all[idx]
+        if device.type == "cuda":
+            dense, cat, label = (t.pin_memory().to(device, non_blocking=True) for t in (dense, cat, label))
+        if i in marks:
+            _sync(device)
+            times.append(time.perf_counter())
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        loss = F.binary_cross_entropy_with_logits(net(dense, cat), label)
+        loss.backward()
+        for opt in opts:
+            opt.step()
+    return times
+
+
+def lightning_loop(cfg: dict, arrays, device, total_steps: int, marks: set[int]) -> list[float]:
+    import pytorch_lightning as pl
+
+    from mlet.data import CTRDataModule
+    from mlet.module import CTRModule
+
+    class ChunkTimer(pl.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if batch_idx in marks:
+                _sync(device)
+                self.times.append(time.perf_counter())
+
+    emb, model = build_net(cfg, arrays.cardinalities)
+    module = CTRModule(emb, model, optimizer=optimizer_spec(cfg["optimizer"]))
+    dm = CTRDataModule(InMemory(arrays), batch_size=cfg["batch"], eval_batch_size=16384,
+                       num_workers=cfg.get("num_workers", 0))
+    timer = ChunkTimer()
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1, max_steps=total_steps,
+        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=dm)
+    return timer.times
+
+
+def work_auc(cfg: dict) -> dict:
+    import torch
+
+    from mlet.metrics import auc, logloss
+
+    device = torch.device(cfg["device"])
+    gen = torch.Generator().manual_seed(0)
+    n = cfg["rows"]
+    labels = (torch.rand(n, generator=gen) < 0.25).float()
+    scores = (torch.randn(n, generator=gen) + labels).to(device)  # an informative score, few ties
+    labels = labels.to(device)
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        out = []
+        for _ in range(cfg["repeats"]):
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            out.append(time.perf_counter() - t)
+        return statistics.median(out)
+
+    return {
+        "auc_s": timed(lambda: auc(scores, labels)),
+        "logloss_s": timed(lambda: logloss(scores, labels)),
+        "sort_s": timed(lambda: torch.sort(scores)),
+        "device": str(device),
+    }
+
+
+def work_loader(cfg: dict) -> dict:
+    from mlet.data import CTRDataModule
+
+    arrays = make_arrays(cfg["vocab"], cfg["batch"] * cfg["batches"])
+    out = {}
+    for workers in (0, 2):
+        dm = CTRDataModule(InMemory(arrays), batch_size=cfg["batch"], num_workers=workers)
+        dm.setup()
+        loader = dm.train_dataloader()
+        runs = []
+        for _ in range(cfg["repeats"] + 1):  # the first pass starts the (persistent) workers
+            t = time.perf_counter()
+            count = sum(1 for _ in loader)
+            runs.append(count / (time.perf_counter() - t))
+        out[f"workers{workers}_batches_per_s"] = statistics.median(runs[1:])
+    out["device"] = "cpu"
+    return out
+
+
+WORKERS = {"train": work_train, "auc": work_auc, "loader": work_loader}
+
+
+# ---- driver -----------------------------------------------------------------------------------
+def run_child(cfg: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(cfg)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"benchmark: configuration {cfg} failed (exit {proc.returncode})")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vocab", type=int, default=1_000_000, help="total vocabulary (rows) of items 1, 2, 5")
+    ap.add_argument("--large-vocab", type=int, default=10_000_000, help="item 3's large vocabulary (0: skip item 3)")
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--steps", type=int, default=5, help="steps per timed repetition")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repetitions (the median is reported)")
+    ap.add_argument("--auc-rows", type=int, default=5_000_000)
+    ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads per process (0: torch's default); "
+                    "1 gives steadier ratios on a shared machine")
+    ap.add_argument("--items", default="1,2,3,4,5", help="which items to run, e.g. 1,4")
+    ap.add_argument("--json", type=Path, default=None, help="also write every raw measurement here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        cfg = json.loads(args.worker)
+        if cfg.get("threads"):
+            import torch
+
+            torch.set_num_threads(cfg["threads"])
+        print("RESULT " + json.dumps(WORKERS[cfg["kind"]](cfg)), flush=True)
+        return
+
+    import torch
+
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
+    items = {int(i) for i in args.items.split(",")}
+    base = {"kind": "train", "device": device, "threads": args.threads, "batch": args.batch, "warmup": args.warmup, "steps": args.steps,
+            "repeats": args.repeats, "vocab": args.vocab, "optimizer": "sparse_adam", "loop": "lightning",
+            "embedding": "mlet", "dim": 16, "inner_dim": 64}
+    rows: list[tuple] = []  # (item, what, device, reference, value, ratio, target, met)
+    raw: dict[str, dict] = {}
+    started = time.time()
+
+    def train(name: str, **over) -> dict:
+        cfg = {**base, **over}
+        print(f"... {name}", file=sys.stderr, flush=True)
+        raw[name] = result = run_child(cfg)
+        return result
+
+    def add(item, what, dev, ref, val, ratio, target=None, met=None):
+        rows.append((item, what, dev, ref, val, ratio, target or "", "" if met is None else ("yes" if met else "NO")))
+
+    if 1 in items:
+        plain = train("1 plain loop", loop="plain")
+        ours = train("1 mlet loop", loop="lightning")
+        r = ours["samples_per_s"] / plain["samples_per_s"]
+        add(1, "training samples/s: mlet loop / plain PyTorch loop (MLET d16 k64, sparse_adam)", ours["device"],
+            f"{plain['samples_per_s']:,.0f}/s", f"{ours['samples_per_s']:,.0f}/s", f"{r:.2f}x", ">= 0.9x", r >= 0.9)
+        r = ours["peak_bytes"] / max(plain["peak_bytes"], 1)
+        add(1, "peak memory: mlet loop / plain loop", ours["device"], fmt_bytes(plain["peak_bytes"]),
+            fmt_bytes(ours["peak_bytes"]), f"{r:.2f}x")
+    if 2 in items:
+        for (d_ref, d, k, target) in ((16, 16, 64, 1.15), (64, 4, 64, None)):
+            ref = train(f"2 single d{d_ref}", embedding="single", dim=d_ref)
+            val = train(f"2 mlet d{d} k{k}", embedding="mlet", dim=d, inner_dim=k)
+            r = val["step_s"] / ref["step_s"]
+            add(2, f"step time: MLET d{d} k{k} / single d{d_ref}", val["device"], f"{ref['step_s'] * 1e3:.0f} ms",
+                f"{val['step_s'] * 1e3:.0f} ms", f"{r:.2f}x", f"<= {target}x" if target else None,
+                (r <= target) if target else None)
+            r = val["peak_bytes"] / max(ref["peak_bytes"], 1)
+            add(2, f"peak memory: MLET d{d} k{k} / single d{d_ref}", val["device"], fmt_bytes(ref["peak_bytes"]),
+                fmt_bytes(val["peak_bytes"]), f"{r:.2f}x")
+    if 3 in items and args.large_vocab:
+        big = {}
+        for opt in ("sparse_adam", "adam"):
+            small = train(f"3 {opt} {args.vocab}", optimizer=opt)
+            big[opt] = train(f"3 {opt} {args.large_vocab}", optimizer=opt, vocab=args.large_vocab)
+            r = big[opt]["step_s"] / small["step_s"]
+            target = 1.5 if opt == "sparse_adam" else None
+            add(3, f"step time ({opt}, MLET d16 k64): {args.large_vocab / 1e6:g}M / {args.vocab / 1e6:g}M rows",
+                small["device"], f"{small['step_s'] * 1e3:.0f} ms", f"{big[opt]['step_s'] * 1e3:.0f} ms", f"{r:.2f}x",
+                f"<= {target}x" if target else None, (r <= target) if target else None)
+            r = big[opt]["peak_bytes"] / max(small["peak_bytes"], 1)
+            add(3, f"peak memory ({opt}): {args.large_vocab / 1e6:g}M / {args.vocab / 1e6:g}M rows", small["device"],
+                fmt_bytes(small["peak_bytes"]), fmt_bytes(big[opt]["peak_bytes"]), f"{r:.2f}x")
+        r = big["adam"]["step_s"] / big["sparse_adam"]["step_s"]
+        add(3, f"step time at {args.large_vocab / 1e6:g}M rows: adam / sparse_adam", big["adam"]["device"],
+            f"{big['sparse_adam']['step_s'] * 1e3:.0f} ms", f"{big['adam']['step_s'] * 1e3:.0f} ms", f"{r:.2f}x")
+    if 4 in items:
+        print("... 4 auc", file=sys.stderr, flush=True)
+        res = raw["4 auc"] = run_child({"kind": "auc", "device": device, "threads": args.threads, "rows": args.auc_rows, "repeats": args.repeats})
+        n = f"{args.auc_rows / 1e6:g}M"
+        add(4, f"exact AUC over {n} predictions (s); reference: torch.sort of the scores", res["device"],
+            f"{res['sort_s']:.2f} s", f"{res['auc_s']:.2f} s", f"{res['auc_s'] / res['sort_s']:.2f}x", "< 2 s",
+            res["auc_s"] < 2.0)
+        add(4, f"logloss over {n} predictions (s)", res["device"], "", f"{res['logloss_s']:.3f} s", "")
+    if 5 in items:
+        print("... 5 loader", file=sys.stderr, flush=True)
+        res = raw["5 loader"] = run_child({"kind": "loader", "threads": args.threads, "vocab": args.vocab, "batch": args.batch, "batches": 40,
+                                           "repeats": args.repeats})
+        r = res["workers2_batches_per_s"] / res["workers0_batches_per_s"]
+        add(5, "training loader batches/s: 2 workers / 0 workers (in-memory arrays)", res["device"],
+            f"{res['workers0_batches_per_s']:.1f}/s", f"{res['workers2_batches_per_s']:.1f}/s", f"{r:.2f}x")
+
+    cpu = os.cpu_count()
+    print(f"\nmlet benchmark: vocab {args.vocab:,} rows (item 3: {args.large_vocab:,}), batch {args.batch}, "
+          f"DLRM bottom/top MLP {BARS_MLP}, warm-up {args.warmup} steps, median of {args.repeats} x {args.steps} steps; "
+          f"torch {torch.__version__}, {cpu} CPUs, {args.threads or torch.get_num_threads()} torch threads per process, "
+          f"{time.time() - started:.0f} s\n")
+    header = ("#", "measurement", "device", "reference", "value", "ratio", "target", "met")
+    table = [header, *[tuple(str(c) for c in r) for r in rows]]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for i, r in enumerate(table):
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "raw": raw}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
