@@ -90,7 +90,7 @@ class CTRModule(pl.LightningModule):
         factory = self.optimizer_factory
         if not hasattr(factory, "build"):
             return factory(trainable)
-        sparse_ids = {id(p) for p in self.embedding.sparse_parameters()} if self.embedding.sparse else set()
+        sparse_ids = {id(p) for p in self.embedding.sparse_parameters()}  # the tables (sparse or not)
         return factory.build(
             [p for p in trainable if id(p) not in sparse_ids], [p for p in trainable if id(p) in sparse_ids]
         )

@@ -82,6 +82,16 @@ def save_run_spec(output_dir: Path, cfg: DictConfig, datamodule) -> None:
     write_record(output_dir / "schema.json", schema)
 
 
+def _resume_from(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` only when this run directory holds a last checkpoint (else a fresh start, quietly)."""
+    if ckpt_path != "last":
+        return ckpt_path
+    if any((output_dir / "checkpoints").glob("last*.ckpt")):
+        log.info("resuming from %s", output_dir / "checkpoints" / "last.ckpt")
+        return "last"
+    return None
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as the config says; returns the run record.
 
@@ -108,7 +118,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     log.info("embedding: %s", module.embedding)
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_from(cfg.ckpt_path, output_dir))
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
