@@ -143,6 +143,7 @@ class ParseContext:
         """One bad line: raise (``on_bad_line=error``) or count it. ``line`` counts from the
         segment's first line unless ``path`` names another file (then it is that file's line)."""
         seg = self.segment
+        line = int(line)
         known = path is not None or seg.first_line is not None
         absolute = line if path is not None else line + (seg.first_line - 1 if known else 0)
         path = path or seg.path
@@ -304,13 +305,14 @@ def _phase_parse(source: "PreparedSource", seg: Segment, tmp: str, progress=None
 
 
 def _read_rows(path: Path, dtype, width: int, rows: int) -> Iterator[np.ndarray]:
-    """Successive blocks of rows of a raw intermediate file (plain reads, no memory map)."""
+    """Successive ``[k, width]`` blocks of rows of a raw intermediate file (plain reads, no memory
+    map; ``width=0`` gives ``[k]``)."""
     with open(path, "rb") as f:
         done = 0
         while done < rows:
             k = min(_ROWS_PER_READ, rows - done)
-            a = np.fromfile(f, dtype=dtype, count=k * width)
-            yield a.reshape(k, width) if width > 1 else a
+            a = np.fromfile(f, dtype=dtype, count=k * max(width, 1))
+            yield a.reshape(k, width) if width else a
             done += k
 
 
@@ -348,7 +350,7 @@ def _phase_encode(tmp: str, index: int, rows: int, row_offset: int, sizes: list[
     try:
         ids_it = _read_rows(_seg_path(tmp, index, "ids"), np.int32, n_fields, rows)
         dense_it = _read_rows(_seg_path(tmp, index, "dense"), np.float32, n_dense, rows) if n_dense else None
-        label_it = _read_rows(_seg_path(tmp, index, "label"), np.int8, 1, rows)
+        label_it = _read_rows(_seg_path(tmp, index, "label"), np.int8, 0, rows)
         lo = 0
         for ids in ids_it:
             hi = lo + len(ids)
