@@ -96,7 +96,7 @@ class Avazu(PreparedSource):
 
     def segments(self) -> list[Segment]:
         self._columns, header_bytes = self._header()
-        return text_segments([self.path], [header_bytes], pieces=self.workers, min_bytes=self.segment_bytes)
+        return text_segments([self.path], [header_bytes], pieces=self._pieces(), min_bytes=self.segment_bytes)
 
     def parse(self, segment: Segment, ctx: ParseContext) -> Iterator[Chunk]:
         names = self._columns or self._header()[0]

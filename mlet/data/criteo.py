@@ -119,7 +119,7 @@ class CriteoKaggle(PreparedSource):
         return opts
 
     def segments(self) -> list[Segment]:
-        return text_segments([self.path], pieces=self.workers, min_bytes=self.segment_bytes)
+        return text_segments([self.path], pieces=self._pieces(), min_bytes=self.segment_bytes)
 
     def parse(self, segment: Segment, ctx: ParseContext) -> Iterator[Chunk]:
         for block in ctx.blocks(self.block_bytes):
@@ -190,13 +190,14 @@ class CriteoTerabyte(PreparedSource):
 
     def segments(self) -> list[Segment]:
         files = self.raw_files()
-        pieces = max(1, -(-self.workers // len(files)))
+        pieces = 1 if self.workers <= 1 else max(1, -(-2 * self.workers // len(files)))
         return text_segments(files, pieces=pieces, min_bytes=self.segment_bytes)
 
     def parse(self, segment: Segment, ctx: ParseContext) -> Iterator[Chunk]:
         train_day = segment.file_index < self.days - 1
         if self.negative_keep_rate is not None and train_day:
-            salt = _mix64(np.array([self.seed * 0x9E3779B97F4A7C15 + segment.file_index + 1], dtype=np.uint64))
+            mixed = (self.seed * 0x9E3779B97F4A7C15 + segment.file_index + 1) % (1 << 64)
+            salt = _mix64(np.array([mixed], dtype=np.uint64))
         for block in ctx.blocks(self.block_bytes):
             label, ints, cats, cmiss, line_start = parse_criteo_block(block, ctx)
             n_read = len(label)

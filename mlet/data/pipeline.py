@@ -500,6 +500,10 @@ class PreparedSource:
         self.built = False  # whether the last prepare() built the cache (False: reused)
         self.last_summary: dict | None = None
 
+    def _pieces(self) -> int:
+        """Segments per file: two per worker, so a worker that finishes early takes another."""
+        return 1 if self.workers <= 1 else 2 * self.workers
+
     # -- what subclasses provide -------------------------------------------------------------
     def raw_files(self) -> list[Path]:
         raise NotImplementedError
@@ -554,6 +558,8 @@ class PreparedSource:
             self.built = False
             log.info("%s: using the prepared cache %s", self.name, final)
             return final
+        if final.exists():  # not made by this pipeline (it renames complete builds only): not trusted
+            shutil.rmtree(final)
         tmp = self.cache_dir / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
