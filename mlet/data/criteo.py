@@ -53,15 +53,17 @@ def parse_criteo_block(block: Block, ctx: ParseContext):
     ibad = ibad.reshape(n, 13)
     if ibad.any():
         errors.add(ibad.any(axis=1), 1 + ibad.argmax(axis=1), "not an integer: {value}")
-    cats, cmiss, cbad = decode_hex(buf, tokens.starts[:, 14:].ravel(), tokens.ends[:, 14:].ravel())
-    cbad = cbad.reshape(n, 26)
+    # field-major (C1 of every row, then C2, ...): each field's keys end up contiguous
+    cats, cmiss, cbad = decode_hex(buf, tokens.starts[:, 14:].T.ravel(), tokens.ends[:, 14:].T.ravel())
+    cbad = cbad.reshape(26, n).T
     if cbad.any():
         errors.add(cbad.any(axis=1), 14 + cbad.argmax(axis=1), "not a category of 8 hex digits: {value}")
-    ints, cats, cmiss = ints.reshape(n, 13), cats.reshape(n, 26), cmiss.reshape(n, 26)
+    ints, cats, cmiss = ints.reshape(n, 13), cats.reshape(26, n).T, cmiss.reshape(26, n).T
     line_start = tokens.line_start
     if errors.any():
         keep = ctx.check(errors, block, tokens, FIELD_NAMES)
-        label, ints, cats, cmiss, line_start = label[keep], ints[keep], cats[keep], cmiss[keep], line_start[keep]
+        label, ints, line_start = label[keep], ints[keep], line_start[keep]
+        cats, cmiss = cats.T[:, keep].T, cmiss.T[:, keep].T  # stay field-major
     return label, ints, cats, cmiss, line_start
 
 
@@ -124,11 +126,11 @@ class CriteoKaggle(PreparedSource):
     def parse(self, segment: Segment, ctx: ParseContext) -> Iterator[Chunk]:
         for block in ctx.blocks(self.block_bytes):
             label, ints, cats, cmiss, _ = parse_criteo_block(block, ctx)
-            cats[cmiss] = MISSING
+            cats = np.where(cmiss, MISSING, cats)
             if self.protocol == "dlrm":
                 chunk = Chunk(label, dlrm_dense(ints), cats)
             else:
-                keys = np.concatenate([bars_bucket(ints), cats], axis=1)
+                keys = np.concatenate([bars_bucket(ints).T, cats.T], axis=0).T  # field-major storage
                 chunk = Chunk(label, np.zeros((len(label), 0), np.float32), keys)
             ctx.progress(block.size, len(label))
             yield chunk
@@ -206,7 +208,8 @@ class CriteoTerabyte(PreparedSource):
                 u = (_mix64(where ^ salt) >> np.uint64(11)).astype(np.float64) * 2.0**-53
                 keep = (label == 1) | (u < self.negative_keep_rate)
                 ctx.dropped += int(n_read - keep.sum())
-                label, ints, cats, cmiss = label[keep], ints[keep], cats[keep], cmiss[keep]
+                label, ints = label[keep], ints[keep]
+                cats, cmiss = cats.T[:, keep].T, cmiss.T[:, keep].T
             if self.max_ind_range:
                 cats = np.where(cmiss, 0, cats) % self.max_ind_range
             else:

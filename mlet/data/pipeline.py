@@ -31,6 +31,7 @@ processes are removed by the next run.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ import shutil
 import socket
 import time
 import uuid
+from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -190,6 +192,14 @@ class _Limited:
         self.left -= len(data)
         return data
 
+    def readinto(self, view) -> int:
+        if self.left <= 0:
+            return 0
+        view = memoryview(view)[: self.left]
+        n = self.f.readinto(view) or 0
+        self.left -= n
+        return n
+
 
 def text_segments(paths: Sequence[str | os.PathLike], header_bytes: Sequence[int] | None = None,
                   pieces: int = 1, min_bytes: int = 64 << 20) -> list[Segment]:
@@ -316,23 +326,32 @@ def _read_rows(path: Path, dtype, width: int, rows: int) -> Iterator[np.ndarray]
             done += k
 
 
+def _field_offsets(sizes: list[int]) -> np.ndarray:
+    """Offsets that put every field's ids into one range: ``ids + offsets`` indexes a flat table."""
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else np.zeros(0, np.int64)
+
+
 def _phase_count(tmp: str, index: int, rows: int, row_offset: int, sizes: list[int], progress=None) -> str:
     tmp = Path(tmp)
     n_fields = len(sizes)
+    offsets = _field_offsets(sizes)
+    total = int(sum(sizes))
     codes = np.fromfile(tmp / "codes.i8", dtype=np.int8, count=rows, offset=row_offset)
-    counts = [np.zeros(s, dtype=np.int64) for s in sizes]
+    counts = np.zeros(total, dtype=np.int64)
     lo = 0
     for ids in _read_rows(_seg_path(tmp, index, "ids"), np.int32, n_fields, rows):
         hi = lo + len(ids)
-        train = ids[codes[lo:hi] == S.TRAIN]
-        for f in range(n_fields):
-            c = np.bincount(train[:, f])
-            counts[f][: len(c)] += c
+        c = codes[lo:hi]
+        if not (c == S.TRAIN).all():
+            ids = ids[c == S.TRAIN]
+        if len(ids) and n_fields:
+            for f, column in enumerate(np.ascontiguousarray(ids.T)):  # contiguous per field: faster
+                counts[offsets[f]:offsets[f] + sizes[f]] += np.bincount(column, minlength=sizes[f])
         if progress is not None:
             progress(0, hi - lo)
         lo = hi
     out = _seg_path(tmp, index, "counts.npy")
-    np.save(out, np.concatenate(counts) if counts else np.zeros(0, np.int64))
+    np.save(out, counts)
     return str(out)
 
 
@@ -342,11 +361,18 @@ def _phase_encode(tmp: str, index: int, rows: int, row_offset: int, sizes: list[
     tmp = Path(tmp)
     n_fields = len(sizes)
     flat = np.load(_seg_path(tmp, index, "map.npy"))
-    maps = np.split(flat, np.cumsum(sizes)[:-1]) if n_fields else []
+    offsets = _field_offsets(sizes)
     codes = np.fromfile(tmp / "codes.i8", dtype=np.int8, count=rows, offset=row_offset)
     fds = {(s, key): os.open(t["path"], os.O_WRONLY) for (s, key), t in targets.items()}
     pos = {(s, key): t["offset"] for (s, key), t in targets.items()}
     oov = np.zeros((3, n_fields), dtype=np.int64)
+
+    def write(s: int, key: str, arr: np.ndarray) -> None:
+        if arr.size:
+            arr = np.ascontiguousarray(arr)
+            os.pwrite(fds[(s, key)], memoryview(arr).cast("B"), pos[(s, key)])
+            pos[(s, key)] += arr.nbytes
+
     try:
         ids_it = _read_rows(_seg_path(tmp, index, "ids"), np.int32, n_fields, rows)
         dense_it = _read_rows(_seg_path(tmp, index, "dense"), np.float32, n_dense, rows) if n_dense else None
@@ -354,23 +380,21 @@ def _phase_encode(tmp: str, index: int, rows: int, row_offset: int, sizes: list[
         lo = 0
         for ids in ids_it:
             hi = lo + len(ids)
-            cat = np.empty_like(ids)
-            for f in range(n_fields):
-                cat[:, f] = maps[f][ids[:, f]]
+            cat = np.take(flat, ids + offsets) if n_fields else np.zeros((hi - lo, 0), np.int32)
             dense = next(dense_it) if dense_it is not None else np.zeros((hi - lo, 0), np.float32)
             label = next(label_it).astype(np.float32)
             c = codes[lo:hi]
             for s in (S.TRAIN, S.VAL, S.TEST):
-                m = c == s
-                if not m.any():
-                    continue
-                part = cat[m]
-                oov[s] += (part == 0).sum(axis=0)
-                for key, arr in (("cat", part), ("dense", dense[m]), ("label", label[m])):
-                    if arr.size:
-                        data = np.ascontiguousarray(arr).tobytes()
-                        os.pwrite(fds[(s, key)], data, pos[(s, key)])
-                        pos[(s, key)] += len(data)
+                if c[0] == s and (c == s).all():  # the whole block in one split (contiguous protocols)
+                    parts = (cat, dense, label)
+                else:
+                    m = c == s
+                    if not m.any():
+                        continue
+                    parts = (cat[m], dense[m], label[m])
+                oov[s] += (parts[0] == 0).sum(axis=0)
+                for key, arr in zip(("cat", "dense", "label"), parts):
+                    write(s, key, arr)
             if progress is not None:
                 progress(0, hi - lo)
             lo = hi
@@ -462,6 +486,32 @@ def run_tasks(fn, tasks: list[tuple], workers: int, bar: _Bar) -> list:
         raise
     pool.shutdown(wait=True)
     return results
+
+
+@contextmanager
+def _malloc_kept():
+    """Keep freed memory in the heap while building (glibc only; a no-op elsewhere).
+
+    Every block allocates fresh numpy temporaries of a few MiB. By default glibc serves those with
+    ``mmap`` and returns them on free, so each one page-faults anew: on a virtual machine that
+    made decoding 2-3x slower. Raising the mmap threshold (to its maximum, 32 MiB) and the trim
+    threshold lets freed blocks be reused; the defaults are restored and the heap trimmed after.
+    Worker processes are forked inside, so they inherit the setting."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        yield
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 1 << 30)
+    try:
+        yield
+    finally:
+        mallopt(m_trim_threshold, 128 << 10)
+        mallopt(m_mmap_threshold, 128 << 10)
+        trim(0)
 
 
 # ---- the base class of every source -------------------------------------------------------------
@@ -563,7 +613,8 @@ class PreparedSource:
         tmp = self.cache_dir / f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            summary = self._build(tmp, fp)
+            with _malloc_kept():
+                summary = self._build(tmp, fp)
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -820,9 +871,10 @@ def print_summary(summary: dict) -> None:
 
     console = Console(stderr=True)
     secs = summary["build_seconds"]
-    title = (f"{summary['name']}: {summary['lines_read']:,} lines in {secs:.1f} s "
-             f"({summary['lines_read'] / max(secs, 1e-9):,.0f} lines/s), cache {summary['cache_bytes'] / 2**20:,.1f} MiB")
-    t = Table(title=title, title_justify="left")
+    console.print(f"[bold]{summary['name']}[/bold]: {summary['lines_read']:,} lines in {secs:.1f} s "
+                  f"({summary['lines_read'] / max(secs, 1e-9):,.0f} lines/s), cache {summary['cache_bytes'] / 2**20:,.1f} MiB",
+                  soft_wrap=True)
+    t = Table()
     for col in ("split", "rows", "positive rate"):
         t.add_column(col, justify="right")
     for name, n in summary["splits"].items():
@@ -846,4 +898,4 @@ def print_summary(summary: dict) -> None:
     for e in summary.get("bad_line_examples", [])[:3]:
         extra.append(f"  e.g. {e['file']}, line {e['line']}, {e['field']}: {e['reason']}")
     extra.append(f"cache: {summary.get('path', '')}")
-    console.print("\n".join(extra))
+    console.print("\n".join(extra), soft_wrap=True, highlight=False)

@@ -60,34 +60,57 @@ class Block:
 def read_blocks(stream: BinaryIO, block_bytes: int, first_line: int = 1) -> Iterator[Block]:
     """Cut ``stream`` into blocks of whole lines of about ``block_bytes`` bytes each.
 
-    A last line without a final newline gets one. ``first_line`` is the number of the stream's
-    first line (2 after a header already consumed).
+    Bytes are read straight into the block's buffer; the partial line at its end is moved to the
+    front of the next one. A last line without a final newline gets one. ``first_line`` is the
+    number of the stream's first line (2 after a header already consumed).
     """
-    carry = b""
     line = first_line
+    carry = np.zeros(0, dtype=np.uint8)
+    size = max(int(block_bytes), 1)
     while True:
-        data = stream.read(block_bytes)
-        eof = not data
-        data = carry + data if carry else data
+        buf = np.empty(len(carry) + size + PAD + 1, dtype=np.uint8)
+        buf[: len(carry)] = carry
+        filled = len(carry)
+        view = memoryview(buf)
+        got = _read_into(stream, view[filled: filled + size])
+        filled += got
+        eof = got == 0
         if eof:
-            if not data:
+            if filled == 0:
                 return
-            if not data.endswith(b"\n"):
-                data += b"\n"
-            cut = len(data)
+            if buf[filled - 1] != NL:
+                buf[filled] = NL
+                filled += 1
+            cut = filled
         else:
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:  # no newline yet: a line longer than the block, read on
-                carry = data
+            nl = np.flatnonzero(buf[:filled] == NL)
+            if not len(nl):  # no newline yet: a line longer than the block, read on
+                carry = buf[:filled].copy()
+                size *= 2
                 continue
-        buf = np.empty(cut + PAD, dtype=np.uint8)
-        buf[:cut] = np.frombuffer(data, dtype=np.uint8, count=cut)
-        buf[cut:] = 0
-        carry = data[cut:]
-        yield Block(buf=buf, size=cut, first_line=line)
+            cut = int(nl[-1]) + 1
+        carry = buf[cut:filled].copy()
+        buf[cut: cut + PAD] = 0
+        yield Block(buf=buf[: cut + PAD], size=cut, first_line=line)
         line += int(np.count_nonzero(buf[:cut] == NL))
         if eof:
             return
+
+
+def _read_into(stream: BinaryIO, view: memoryview) -> int:
+    """Fill ``view`` as far as the stream allows; 0 only at the end of the stream."""
+    total = 0
+    while total < len(view):
+        if hasattr(stream, "readinto"):
+            n = stream.readinto(view[total:])
+        else:
+            data = stream.read(len(view) - total)
+            n = len(data)
+            view[total: total + n] = data
+        if not n:
+            break
+        total += n
+    return total
 
 
 def read_header(stream: BinaryIO) -> tuple[bytes, int]:
@@ -228,7 +251,7 @@ def tokenize(block: Block, n_fields: int, delimiter: bytes, pad_short: bool) -> 
         starts = np.minimum(starts, ends)
 
     # Bytes that are not UTF-8 (checked only on lines with a byte >= 0x80; ASCII is the rule).
-    high = np.flatnonzero(buf >= 0x80)
+    high = np.flatnonzero(buf >= 0x80) if buf.max(initial=0) >= 0x80 else ()
     if len(high):
         lines = np.unique(np.searchsorted(line_end, high))
         for i in lines:
@@ -344,25 +367,31 @@ def decode_int(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[n
     return values, missing, bad
 
 
+def _hex_pairs() -> np.ndarray:
+    """For every little-endian pair of bytes ``c0 | c1 << 8``: ``0x100 | byte(c0 c1)`` if both are
+    hex digits, else 0 (a 128 KiB table: one lookup decodes and validates two characters)."""
+    lo, hi = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")  # c0 (low byte), c1
+    h0, h1 = _HEX[lo].astype(np.uint16), _HEX[hi].astype(np.uint16)
+    ok = (h0 < 16) & (h1 < 16)
+    table = np.zeros(1 << 16, dtype=np.uint16)
+    table[(lo | (hi << 8)).ravel()] = np.where(ok, 0x100 | (h0 << 4) | h1, 0).ravel()
+    return table
+
+
+_HEX_PAIRS = _hex_pairs()
+
+
 def decode_hex(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hex strings of exactly 8 digits (Criteo categories) -> (int64 values, missing, bad).
 
-    One 8-byte load per value: validation, nibble extraction and packing are SWAR operations.
-    """
+    One 8-byte load per value, then four lookups of character pairs in :data:`_HEX_PAIRS`."""
     length = ends - starts
     missing = length == 0
     w = _words(buf)[np.minimum(starts, len(buf) - 8)]
-    lower = w | np.uint64(0x2020202020202020)  # 'A'-'F' -> 'a'-'f'; digits are unchanged
-    digit = _byte_ge(w, 0x30) & ~_byte_ge(w, 0x3A)
-    letter = _byte_ge(lower, 0x61) & ~_byte_ge(lower, 0x67)
-    ok = ((w & _HIGH) == 0) & ((digit | letter) == _HIGH)
-    bad = ~missing & ((length != 8) | ~ok)
-    with np.errstate(over="ignore"):
-        nib = (w & _LOW4) + ((w >> np.uint64(6)) & _ONES) * np.uint64(9)
-        pairs = ((nib << np.uint64(4)) | (nib >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
-        quads = (pairs | (pairs >> np.uint64(8))) & np.uint64(0x0000FFFF0000FFFF)
-        packed = ((quads | (quads >> np.uint64(16))) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    values = packed.byteswap().astype(np.int64)
+    pairs = _HEX_PAIRS[w.view(np.uint16)].reshape(-1, 4)
+    ok = (pairs[:, 0] & pairs[:, 1] & pairs[:, 2] & pairs[:, 3]) >> 8
+    bad = ~missing & ((length != 8) | (ok == 0))
+    values = np.ascontiguousarray(pairs.astype(np.uint8)).view(">u4").ravel().astype(np.int64)
     values[missing | bad] = 0
     return values, missing, bad
 
