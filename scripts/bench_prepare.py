@@ -135,7 +135,8 @@ def du(path: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lines", type=int, default=2_000_000)
-    ap.add_argument("--workers", type=int, default=0, help="prepare's worker processes (0: one per core)")
+    ap.add_argument("--workers", default="0",
+                    help="prepare's worker processes, comma-separated for several runs (0: one per core)")
     ap.add_argument("--dir", type=Path, default=None, help="work in this folder (kept) instead of a temporary one")
     args = ap.parse_args()
 
@@ -153,13 +154,16 @@ def main() -> None:
                   file=sys.stderr)
         load_before = os.getloadavg()
         ref = measured([sys.executable, "-c", PANDAS, str(raw)], env)
-        cache = work / "cache"
-        shutil.rmtree(cache, ignore_errors=True)
-        ours = measured([sys.executable, "-c", PREPARE, str(raw), str(cache), str(args.workers)], env)
+        runs = []
+        for w in [int(x) for x in str(args.workers).split(",")]:
+            cache = work / f"cache-{w}"
+            shutil.rmtree(cache, ignore_errors=True)
+            r = measured([sys.executable, "-c", PREPARE, str(raw), str(cache), str(w)], env)
+            r["cache_path"] = Path(r["output"])
+            r["cache_bytes"] = du(r["cache_path"])
+            r["meta"] = json.loads((r["cache_path"] / "meta.json").read_text())
+            runs.append(r)
         load_after = os.getloadavg()
-        cache_path = Path(ours["output"])
-        cache_bytes = du(cache_path)
-        meta = json.loads((cache_path / "meta.json").read_text())
 
         def row(name: str, r: dict, size: int | None) -> list[str]:
             rate = args.lines / r["seconds"]
@@ -169,6 +173,7 @@ def main() -> None:
                 f"{rate:,.0f}",
                 f"{r['seconds']:.1f}",
                 f"{r['op_cpu']:.1f}",
+                f"{r['op_cpu'] / args.lines * 1e6:.2f}",
                 f"{peak / 2**20:,.0f}",
                 f"{r['maxrss_kib'] / 1024:,.0f}",
                 "-" if size is None else f"{size / 2**20:,.0f}",
@@ -176,30 +181,31 @@ def main() -> None:
                 f"{KAGGLE_LINES / rate / 60:.1f} min",
             ]
 
-        head = ["", "lines/s", "time s", "CPU s", "peak PSS MiB (tree)", "max RSS MiB (1 process)", "cache MiB",
-                "peak/cache", "projected 45.8M lines"]
-        rows = [row("pandas.read_csv (reference)", ref, None), row(f"prepare (workers={meta['workers']})", ours, cache_bytes)]
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        head = ["", "lines/s", "time s", "CPU s", "CPU us/line", "peak PSS MiB (tree)", "max RSS MiB (1 process)",
+                "cache MiB", "peak/cache", "projected 45.8M lines"]
+        rows = [row("pandas.read_csv (reference)", ref, None)]
+        for r in runs:
+            m = r["meta"]
+            rows.append(row(f"prepare, workers={m['workers']} ({m['segments']} segments)", r, r["cache_bytes"]))
+        widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(head)]
         print(f"\n{args.lines:,} Criteo lines ({raw.stat().st_size / 2**20:,.0f} MiB), {os.cpu_count()} CPU cores, "
               f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
         print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
         print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-        for r in rows:
-            print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
-        rate = args.lines / ours["seconds"]
-        ratio = ref["seconds"] / ours["seconds"]
-        print(f"\nprepare / read_csv speed: {ratio:.2f}x; parse phase {meta['parse_seconds']:.1f} s of "
-              f"{meta['build_seconds']:.1f} s; {meta['segments']} segments")
-        cores = min(os.cpu_count() or 1, meta["workers"], meta["segments"])  # processes that can run at once
-        for name, r in (("read_csv", ref), ("prepare", ours)):
-            per_cpu = args.lines / r["op_cpu"]
-            print(f"{name}: {r['op_cpu'] / args.lines * 1e6:.2f} CPU-us per line ({per_cpu:,.0f} lines per CPU-second)")
-        free = args.lines / (ours["op_cpu"] / cores)
-        print(f"prepare on {cores} otherwise idle cores (CPU time / {cores}): ~{free:,.0f} lines/s, "
-              f"projected 45.8M lines: {KAGGLE_LINES / free / 60:.1f} min")
-        print(f"target >= 300,000 lines/s: {'met' if rate >= 300_000 else 'NOT met'} ({rate:,.0f}); "
-              f"target peak < 3x cache: {'met' if ours['peak_pss_kib'] * 1024 < 3 * cache_bytes else 'NOT met'} "
-              f"({ours['peak_pss_kib'] * 1024 / cache_bytes:.2f}x)")
+        for x in rows:
+            print("| " + " | ".join(c.ljust(w) for c, w in zip(x, widths)) + " |")
+        for r in runs:
+            m = r["meta"]
+            rate = args.lines / r["seconds"]
+            cores = min(os.cpu_count() or 1, m["workers"], m["segments"])  # processes that can run at once
+            free = args.lines / (r["op_cpu"] / cores)
+            print(f"\nworkers={m['workers']}: prepare / read_csv speed {ref['seconds'] / r['seconds']:.2f}x; phases (s): "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in m["phase_seconds"].items()))
+            print(f"  CPU time / {cores} (as if on {cores} otherwise idle cores): ~{free:,.0f} lines/s, "
+                  f"45.8M lines in ~{KAGGLE_LINES / free / 60:.1f} min")
+            print(f"  target >= 300,000 lines/s: {'met' if rate >= 300_000 else 'NOT met'} ({rate:,.0f}); "
+                  f"target peak < 3x cache: {'met' if r['peak_pss_kib'] * 1024 < 3 * r['cache_bytes'] else 'NOT met'} "
+                  f"({r['peak_pss_kib'] * 1024 / r['cache_bytes']:.2f}x)")
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -192,7 +192,7 @@ class CriteoTerabyte(PreparedSource):
 
     def segments(self) -> list[Segment]:
         files = self.raw_files()
-        pieces = 1 if self.workers <= 1 else max(1, -(-2 * self.workers // len(files)))
+        pieces = max(1, -(-self.workers // len(files)))
         return text_segments(files, pieces=pieces, min_bytes=self.segment_bytes)
 
     def parse(self, segment: Segment, ctx: ParseContext) -> Iterator[Chunk]:

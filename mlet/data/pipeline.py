@@ -43,7 +43,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -551,8 +551,9 @@ class PreparedSource:
         self.last_summary: dict | None = None
 
     def _pieces(self) -> int:
-        """Segments per file: two per worker, so a worker that finishes early takes another."""
-        return 1 if self.workers <= 1 else 2 * self.workers
+        """Segments per file: one per worker (each segment has its own hash tables, merged at the
+        end, so more segments cost more work)."""
+        return max(1, self.workers)
 
     # -- what subclasses provide -------------------------------------------------------------
     def raw_files(self) -> list[Path]:
@@ -677,6 +678,8 @@ class PreparedSource:
         seg_split = np.stack([np.bincount(codes[row_offsets[i]:row_offsets[i + 1]], minlength=3) for i in range(len(segs))])
         del labels, codes, presplit
 
+        split_seconds = time.perf_counter() - started - parse_seconds
+
         # 3. count (training rows)
         sizes = [r["sizes"] for r in reports]
         bar = _Bar(self.progress, f"{self.name}: count", n, "rows")
@@ -688,8 +691,11 @@ class PreparedSource:
         finally:
             bar.close()
 
+        count_done = time.perf_counter()
+
         # 4. vocabulary
         cardinalities, counts, vocab = self._vocabulary(tmp, segs, sizes, count_files)
+        vocab_done = time.perf_counter()
 
         # 5. encode
         targets = self._allocate(tmp, split_rows, n_fields, n_dense)
@@ -707,6 +713,7 @@ class PreparedSource:
         finally:
             bar.close()
         oov = np.sum([np.asarray(e["oov"]) for e in encoded], axis=0)
+        encode_done = time.perf_counter()
 
         # intermediates out, then counts, vocabulary and meta.json (last: marks completion)
         for p in tmp.glob("seg*"):
@@ -743,6 +750,11 @@ class PreparedSource:
             "vocab": "vocab.npy: for each field in order, the key of every index 1..n-1 (index 0 is OOV)",
             "build_seconds": round(elapsed, 3),
             "parse_seconds": round(parse_seconds, 3),
+            "phase_seconds": {"parse": round(parse_seconds, 3), "split": round(split_seconds, 3),
+                              "count": round(count_done - started - parse_seconds - split_seconds, 3),
+                              "vocabulary": round(vocab_done - count_done, 3),
+                              "encode": round(encode_done - vocab_done, 3),
+                              "finish": round(time.perf_counter() - encode_done, 3)},
             "workers": self.workers,
             "segments": len(segs),
         }

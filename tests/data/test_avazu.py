@@ -89,7 +89,7 @@ def test_parallel_segments_give_identical_arrays(tmp_path):
     rows = avazu_rows(800, seed=5)
     path = write_avazu(tmp_path / "train", rows)
     one = avazu(path, tmp_path / "c1").load()
-    many = Avazu(path, cache_dir=tmp_path / "c2", progress=False, workers=2, segment_bytes=10_000).load()
+    many = Avazu(path, cache_dir=tmp_path / "c2", progress=False, workers=4, segment_bytes=10_000).load()
     assert many.meta["segments"] >= 3
     for s in ("train", "val", "test"):
         np.testing.assert_array_equal(one.splits[s].cat, many.splits[s].cat)

@@ -105,7 +105,7 @@ def test_parallel_segments_give_identical_arrays(tmp_path):
     rows = criteo_rows(900, seed=5)
     path = write_criteo(tmp_path / "train.txt", rows, strip_every=11)
     src1 = kaggle(path, tmp_path / "c1", protocol="bars_x4_002")
-    src2 = CriteoKaggle(path, cache_dir=tmp_path / "c2", protocol="bars_x4_002", progress=False, workers=2,
+    src2 = CriteoKaggle(path, cache_dir=tmp_path / "c2", protocol="bars_x4_002", progress=False, workers=4,
                         segment_bytes=20_000)
     one, many = src1.load(), src2.load()
     assert many.meta["segments"] >= 3
@@ -210,11 +210,11 @@ def test_bad_line_in_a_later_segment_names_its_absolute_line(tmp_path):
     lines.insert(350, bad_cases()["non-hex category"][0])
     path = tmp_path / "train.txt"
     path.write_text("".join(lines))
-    src = CriteoKaggle(path, cache_dir=tmp_path / "cache", progress=False, workers=2, segment_bytes=10_000)
+    src = CriteoKaggle(path, cache_dir=tmp_path / "cache", progress=False, workers=4, segment_bytes=10_000)
     assert len(src.segments()) >= 4
     with pytest.raises(BadLineError, match="line 351, field 19 \\(C5\\)"):
         src.prepare()
-    skip = CriteoKaggle(path, cache_dir=tmp_path / "cache", progress=False, workers=2, segment_bytes=10_000,
+    skip = CriteoKaggle(path, cache_dir=tmp_path / "cache", progress=False, workers=4, segment_bytes=10_000,
                         on_bad_line="skip").load()
     assert skip.meta["skipped_lines"] == 1 and skip.meta["bad_line_examples"][0]["line"] == 351
 

@@ -6,7 +6,6 @@ import io
 import random
 
 import numpy as np
-import pytest
 
 from mlet.data import textparse as tp
 
