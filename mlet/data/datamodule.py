@@ -18,6 +18,13 @@ from torch.utils.data.distributed import DistributedSampler
 from mlet.data.arrays import CTRArrays, Split
 
 
+def _tensor(array: np.ndarray, dtype) -> torch.Tensor:
+    """A tensor owning its memory: a slice of a read-only memory map is copied (once), a fresh
+    gather or conversion is taken as it is."""
+    out = np.asarray(array, dtype=dtype)
+    return torch.from_numpy(out if out.flags.writeable else out.copy())
+
+
 class SplitBatches(Dataset):
     """Item ``key`` is one whole batch: ``key`` is a ``slice`` (evaluation) or an index array."""
 
@@ -34,9 +41,9 @@ class SplitBatches(Dataset):
             part = self.split.take(key)
             dense, cat, label = part.dense, part.cat, part.label
         return (
-            torch.from_numpy(np.asarray(dense, dtype=np.float32)),
-            torch.from_numpy(np.asarray(cat, dtype=np.int64)),
-            torch.from_numpy(np.asarray(label, dtype=np.float32)),
+            _tensor(dense, np.float32),
+            _tensor(cat, np.int64),
+            _tensor(label, np.float32),
         )
 
 
