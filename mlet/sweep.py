@@ -22,10 +22,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -194,6 +196,54 @@ def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, dict | Non
             return ("duplicate", f"duplicate: a single-layer table ignores embedding.inner_dim; the same job ran "
                     f"with inner_dim={old_k} and its record exists: {path}", existing)
     return "exists", f"record exists: {path} (force=true retrains)", existing
+
+
+LOCK_NAME = ".running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def job_lock(output_dir: Path):
+    """Yields ``None`` when this process holds the job directory, else why it may not.
+
+    A job directory is held through ``<dir>/.running`` (created exclusively, holding host and pid),
+    so two sweeps started on the same output root never train the same job at once or write over
+    each other's records. A lock left by a dead process of this host is taken over.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = output_dir / LOCK_NAME
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            yield (f"running elsewhere: {output_dir} is held by pid {holder.get('pid')} on "
+                   f"{holder.get('host')} ({lock}; delete it if that run is gone)")
+            return
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        try:
+            yield None
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    yield f"could not take {lock}"
 
 
 def note_outcome(output_dir: Path, status: str, reason: str | None = None) -> None:

@@ -96,17 +96,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as the config says; returns the run record.
 
     A job whose output directory already holds a record (unless ``force=true``), a duplicate or an
-    invalid sweep combination is skipped before anything is built (see ``mlet.sweep``); it
-    returns the existing record (or ``{}``) with ``status: skipped``.
+    invalid sweep combination, or one that another process is training right now (two sweeps on
+    the same output root), is skipped before anything is built (see ``mlet.sweep``); it returns
+    the existing record (or ``{}``) with ``status: skipped``.
     """
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
-    skip = sweep.skip_reason(cfg, output_dir)
-    if skip is not None:
-        status, reason, existing = skip
-        sweep.note_outcome(output_dir, status, reason)
-        return {**(existing or {}), "status": "skipped", "skipped": status, "skip_reason": reason}
-    check_config(cfg)
+    with sweep.job_lock(output_dir) as held_elsewhere:
+        # checked under the lock: a concurrent sweep may have just finished this job
+        skip = ("running", held_elsewhere, None) if held_elsewhere else sweep.skip_reason(cfg, output_dir)
+        if skip is not None:
+            status, reason, existing = skip
+            sweep.note_outcome(output_dir, status, reason)
+            return {**(existing or {}), "status": "skipped", "skipped": status, "skip_reason": reason}
+        check_config(cfg)
+        return _train(cfg, output_dir, started)
+
+
+def _train(cfg: DictConfig, output_dir: Path, started: float) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
     save_run_spec(output_dir, cfg, datamodule)
@@ -190,7 +197,7 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
 def main(cfg: DictConfig) -> float | None:
     try:
         record = run(cfg)
-    except (UserError, ValueError, FileNotFoundError, FloatingPointError, InstantiationException) as exc:
+    except (UserError, ValueError, OSError, FloatingPointError, InstantiationException) as exc:
         cause = _root_cause(exc)
         print(f"mlet-train: error: {cause}", file=sys.stderr)
         sys.exit(2)

@@ -168,3 +168,67 @@ def test_default_multirun_sweep_dir_resolves(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = list((tmp_path / "outputs" / "multiruns").glob("*/*/record.json"))
     assert len(records) == 1 and records[0].parent.name.startswith("synthetic-dlrm-single-d4-s0-")
+
+
+def test_a_job_held_by_another_live_process_is_skipped_not_overwritten(tmp_path):
+    import json as _json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from mlet.sweep import LOCK_NAME, job_lock
+
+    job = tmp_path / "job"
+    job.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (job / LOCK_NAME).write_text(_json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        with job_lock(job) as held:
+            assert held is not None and f"pid {other.pid}" in held
+        assert (job / LOCK_NAME).exists()  # the other process's lock is left alone
+    finally:
+        other.kill()
+        other.wait()
+    # its process is gone: the stale lock is taken over, and released afterwards
+    with job_lock(job) as held:
+        assert held is None
+        assert _json.loads((job / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (job / LOCK_NAME).exists()
+
+
+def test_run_skips_a_job_another_process_is_training(tmp_path):
+    import json as _json
+    import socket
+
+    from mlet.sweep import LOCK_NAME
+    from mlet.train import run
+    from tests.conftest import TINY, compose_cfg
+
+    cfg = compose_cfg(TINY, tmp_path)
+    (tmp_path / LOCK_NAME).write_text(_json.dumps({"host": socket.gethostname(), "pid": 1}))  # pid 1 is alive
+    out = run(cfg)
+    assert out["status"] == "skipped" and out["skipped"] == "running"
+    assert not (tmp_path / "record.json").exists()
+
+
+def test_record_write_errors_surface(tmp_path, monkeypatch):
+    import errno
+    import os as _os
+
+    from mlet.train import run
+    from tests.conftest import TINY, compose_cfg
+
+    real_replace = _os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("record.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr("mlet.records.os.replace", full_disk)
+    cfg = compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path)
+    with pytest.raises(OSError, match="No space left"):
+        run(cfg)
+    assert not (tmp_path / "record.json").exists()
+    assert not list(tmp_path.glob(".record.*"))  # no half-written temporary left behind
