@@ -3,7 +3,12 @@
 Every MLET pair ``A_f B_f`` is replaced by its ``n_f x d`` product, so the exported network is a
 single-layer model of dimension d. It is written with ``torch.export`` (``model.pt2``, batch size
 dynamic) beside a ``model.json`` holding the data schema, the data config (so ``mlet-predict`` can
-parse raw files of the run's format) and the sizes.
+parse raw files of the run's format), the sizes and the ``vocabulary`` entry. For a run on a
+file-backed source (:class:`mlet.data.pipeline.PreparedSource`) the run's vocabulary is copied
+from its data cache to ``vocab.npy``: for each categorical field in order, the raw key (the
+pipeline's int64 encoding of the category) of every index ``1..n_f-1``; index 0 is OOV. Field
+``f``'s keys are ``vocab[offsets[f]:offsets[f] + cardinalities[f] - 1]``. Synthetic runs have no
+raw format and no vocabulary (``"vocabulary": null``).
 
     mlet-export outputs/runs/<run>                 # best checkpoint of the run
     mlet-export outputs/runs/<run>/checkpoints/last.ckpt --out exported/
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +31,7 @@ from mlet.records import write_record
 
 EXPORT_NAME = "model.pt2"
 SPEC_NAME = "model.json"
+VOCAB_NAME = "vocab.npy"
 
 
 class ExportError(Exception):
@@ -70,11 +77,65 @@ def load_collapsed(target: str | Path) -> tuple[CTRNet, dict, Path]:
     return net, spec, ckpt
 
 
+def data_source(data_cfg: dict, **overrides):
+    """The run's data source, instantiated from its resolved data config (``_target_`` and
+    arguments) with ``overrides``, building nothing; ``None`` for a source without raw files."""
+    from hydra.utils import get_class
+
+    from mlet.data.pipeline import PreparedSource
+
+    cls = get_class(data_cfg["_target_"])
+    if not (isinstance(cls, type) and issubclass(cls, PreparedSource)):
+        return None
+    kwargs = {k: v for k, v in data_cfg.items() if k != "_target_"}
+    return cls(**{**kwargs, "progress": False, **overrides})
+
+
+def copy_vocabulary(data_cfg: dict, schema: dict, out: Path) -> dict | None:
+    """Copy the run's vocabulary from its data cache into ``out``; its description for
+    ``model.json`` (``None`` when the run's data has no raw format, e.g. synthetic)."""
+    import numpy as np
+
+    source = data_source(data_cfg)
+    if source is None:
+        return None
+    try:
+        cache = source.cache_path
+    except FileNotFoundError as exc:
+        raise ExportError(f"cannot locate the run's data cache: {exc}") from None
+    meta_path, vocab_path = cache / "meta.json", cache / VOCAB_NAME
+    if not meta_path.is_file() or not vocab_path.is_file():
+        raise ExportError(f"the run's data cache {cache} is gone (no meta.json / {VOCAB_NAME}); it holds the "
+                          "vocabulary prediction needs: prepare it again with the run's data config (mlet-prepare "
+                          "data=... with the same options) and export again")
+    meta = json.loads(meta_path.read_text())
+    cards = [int(c) for c in meta["cardinalities"]]
+    if cards != [int(c) for c in schema["cardinalities"]] or meta["cat_names"] != schema["cat_names"]:
+        raise ExportError(f"the data cache {cache} does not match the run's schema.json (fields or cardinalities)")
+    vocab = np.load(vocab_path, mmap_mode="r")
+    if len(vocab) != sum(c - 1 for c in cards):
+        raise ExportError(f"{vocab_path}: {len(vocab)} keys where the cardinalities give {sum(c - 1 for c in cards)}")
+    shutil.copyfile(vocab_path, out / VOCAB_NAME)
+    offsets = np.concatenate([[0], np.cumsum([c - 1 for c in cards])[:-1]]).astype(int).tolist() if cards else []
+    return {
+        "file": VOCAB_NAME,
+        "fields": list(meta["cat_names"]),
+        "cardinalities": cards,
+        "offsets": offsets,
+        "oov_index": 0,
+        "layout": "int64 keys; field f's key of index i (1..cardinality-1) is vocab[offsets[f] + i - 1]; "
+                  "keys not in a field's vocabulary map to the OOV index 0",
+        "keys": f"the {type(source).__name__} parser's int64 encoding of raw categories",
+        "cache": str(cache),
+    }
+
+
 def export(target: str | Path, out: str | Path | None = None) -> dict:
     net, spec, ckpt = load_collapsed(target)
     out = Path(out) if out else locate(target)[0] / "export"
     out.mkdir(parents=True, exist_ok=True)
     schema = spec["schema"]
+    vocabulary = copy_vocabulary(spec["data"], schema, out)  # first: a missing cache fails fast
     n_dense, n_fields = len(schema["dense_names"]), len(schema["cardinalities"])
     example = (torch.zeros(2, n_dense), torch.zeros(2, n_fields, dtype=torch.long))
     batch = torch.export.Dim("batch", min=1)
@@ -89,7 +150,11 @@ def export(target: str | Path, out: str | Path | None = None) -> dict:
         "model_parameters": sum(p.numel() for p in net.model.parameters()),
         "file_bytes": (out / EXPORT_NAME).stat().st_size,
     }
-    spec = {**spec, "checkpoint": str(ckpt), "sizes": sizes, "inputs": ["dense[B, D] float32", "cat[B, F] int64"]}
+    spec = {**spec, "checkpoint": str(ckpt), "sizes": sizes, "inputs": ["dense[B, D] float32", "cat[B, F] int64"],
+            "vocabulary": vocabulary}
+    if vocabulary is None:
+        spec["vocabulary_note"] = (f"{spec['data'].get('_target_')} has no raw file format: inputs are already "
+                                   "category indices (no vocabulary; mlet-predict does not apply)")
     write_record(out / SPEC_NAME, spec)
     return spec
 
@@ -101,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = export(args.target, args.out)
-    except (ExportError, FileNotFoundError, KeyError, RuntimeError) as exc:
+    except (ExportError, FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
         print(f"mlet-export: error: {exc}", file=sys.stderr)
         return 2
     s = spec["sizes"]

@@ -23,6 +23,7 @@ def test_export_matches_in_framework_collapsed_predictions(tmp_path, capsys):
         "embedding_inference_parameters"]
     assert f"{sizes['embedding_parameters']:,}" in printed
     assert spec["embedding"] == "mlet" and spec["dim"] == 4
+    assert spec["vocabulary"] is None and "no raw file format" in spec["vocabulary_note"]  # synthetic data
 
     program = torch.export.load(str(tmp_path / "exp" / EXPORT_NAME)).module()
     data = SyntheticCTR(**{k: v for k, v in cfg.data.items() if k != "_target_"}).load()

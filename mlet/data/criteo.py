@@ -37,31 +37,38 @@ FIELD_NAMES = ["label", *INT_NAMES, *CAT_NAMES]
 MISSING = 1 << 32  # key of a missing category (outside the 32-bit range of 8 hex digits)
 
 
-def parse_criteo_block(block: Block, ctx: ParseContext):
+def parse_criteo_block(block: Block, ctx: ParseContext, labeled: bool = True):
     """Tokenise and decode one block; bad rows are raised or dropped via ``ctx``.
+
+    ``labeled=False``: lines of the unlabeled form (Criteo Kaggle's ``test.txt``: 39 fields, no
+    label column); every label is returned as 0.
 
     Returns ``(label[n] int8, ints[n, 13] int64 (missing -> 0), cats[n, 26] int64, cat_missing[n, 26],
     line_start[n])`` for the kept rows.
     """
-    tokens = tokenize(block, 40, b"\t", pad_short=True)
+    o = 1 if labeled else 0  # column of I1
+    tokens = tokenize(block, 39 + o, b"\t", pad_short=True)
     n = tokens.n
     ctx.lines += n
     buf, errors = block.buf, tokens.errors
-    label, bad = decode_label(buf, tokens.starts[:, 0], tokens.ends[:, 0])
-    errors.add(bad, 0, "the label must be 0 or 1, got {value}")
-    ints, _, ibad = decode_int(buf, tokens.starts[:, 1:14].ravel(), tokens.ends[:, 1:14].ravel())
+    if labeled:
+        label, bad = decode_label(buf, tokens.starts[:, 0], tokens.ends[:, 0])
+        errors.add(bad, 0, "the label must be 0 or 1, got {value}")
+    else:
+        label = np.zeros(n, dtype=np.int8)
+    ints, _, ibad = decode_int(buf, tokens.starts[:, o:o + 13].ravel(), tokens.ends[:, o:o + 13].ravel())
     ibad = ibad.reshape(n, 13)
     if ibad.any():
-        errors.add(ibad.any(axis=1), 1 + ibad.argmax(axis=1), "not an integer: {value}")
+        errors.add(ibad.any(axis=1), o + ibad.argmax(axis=1), "not an integer: {value}")
     # field-major (C1 of every row, then C2, ...): each field's keys end up contiguous
-    cats, cmiss, cbad = decode_hex(buf, tokens.starts[:, 14:].T.ravel(), tokens.ends[:, 14:].T.ravel())
+    cats, cmiss, cbad = decode_hex(buf, tokens.starts[:, o + 13:].T.ravel(), tokens.ends[:, o + 13:].T.ravel())
     cbad = cbad.reshape(26, n).T
     if cbad.any():
-        errors.add(cbad.any(axis=1), 14 + cbad.argmax(axis=1), "not a category of 8 hex digits: {value}")
+        errors.add(cbad.any(axis=1), o + 13 + cbad.argmax(axis=1), "not a category of 8 hex digits: {value}")
     ints, cats, cmiss = ints.reshape(n, 13), cats.reshape(26, n).T, cmiss.reshape(26, n).T
     line_start = tokens.line_start
     if errors.any():
-        keep = ctx.check(errors, block, tokens, FIELD_NAMES)
+        keep = ctx.check(errors, block, tokens, FIELD_NAMES if labeled else FIELD_NAMES[1:])
         label, ints, line_start = label[keep], ints[keep], line_start[keep]
         cats, cmiss = cats.T[:, keep].T, cmiss.T[:, keep].T  # stay field-major
     return label, ints, cats, cmiss, line_start
@@ -89,6 +96,8 @@ class CriteoKaggle(PreparedSource):
         min_count: categories seen fewer times in training -> OOV (``None``: the protocol's own,
             1 for ``dlrm``, 10 / 2 for ``bars_x4_001`` / ``bars_x4_002``).
         seed: seed of the BARS stratified split (2018).
+        labeled: ``False`` reads the unlabeled form (``test.txt``: 39 fields, no label) for
+            prediction (:meth:`iter_chunks`, labels 0); such a source cannot be prepared.
         cache_dir, on_bad_line, workers, block_bytes, progress, segment_bytes: see
             :class:`mlet.data.pipeline.PreparedSource`.
     """
@@ -96,8 +105,9 @@ class CriteoKaggle(PreparedSource):
     PROTOCOLS = {"dlrm": 1, "bars_x4_001": 10, "bars_x4_002": 2}
 
     def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike = "data_cache", protocol: str = "dlrm",
-                 min_count: int | None = None, seed: int = 2018, **kwargs) -> None:
+                 min_count: int | None = None, seed: int = 2018, labeled: bool = True, **kwargs) -> None:
         super().__init__(cache_dir, **kwargs)
+        self.labeled = bool(labeled)
         if protocol not in self.PROTOCOLS:
             raise ValueError(f"data.protocol must be one of {sorted(self.PROTOCOLS)}, got {protocol!r}")
         self.path = Path(path)
@@ -120,12 +130,17 @@ class CriteoKaggle(PreparedSource):
             opts["seed"] = self.seed
         return opts
 
+    def prepare(self) -> Path:
+        if not self.labeled:
+            raise ValueError("CriteoKaggle(labeled=False) reads unlabeled files for prediction; it cannot be prepared")
+        return super().prepare()
+
     def segments(self) -> list[Segment]:
         return text_segments([self.path], pieces=self._pieces(), min_bytes=self.segment_bytes)
 
     def parse(self, segment: Segment, ctx: ParseContext) -> Iterator[Chunk]:
         for block in ctx.blocks(self.block_bytes):
-            label, ints, cats, cmiss, _ = parse_criteo_block(block, ctx)
+            label, ints, cats, cmiss, _ = parse_criteo_block(block, ctx, self.labeled)
             cats = np.where(cmiss, MISSING, cats)
             if self.protocol == "dlrm":
                 chunk = Chunk(label, dlrm_dense(ints), cats)

@@ -147,13 +147,17 @@ class MovieLens100K(PreparedSource):
         threshold: label is ``rating >= threshold`` (4).
         min_count: categories seen fewer times in training -> OOV (1).
         fractions, seed: the random split (8:1:1, seed 2018).
+        inter: another interactions file in the ``.inter`` format (default: the folder's
+            ``ml-100k.inter``), its user and item features still joined from the folder's
+            ``.user`` / ``.item`` (``mlet-predict`` on new interactions).
     """
 
     def __init__(self, path: str | os.PathLike | None = None, cache_dir: str | os.PathLike = "data_cache",
                  genre: str = "combination", threshold: float = 4.0, min_count: int = 1,
                  fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 2018,
-                 recbole_version: str = RECBOLE_VERSION, **kwargs) -> None:
+                 recbole_version: str = RECBOLE_VERSION, inter: str | os.PathLike | None = None, **kwargs) -> None:
         super().__init__(cache_dir, **kwargs)
+        self.inter = Path(inter) if inter else None
         if genre not in GENRE_MODES:
             raise ValueError(f"data.genre must be one of {GENRE_MODES}, got {genre!r}")
         self.path = Path(path) if path else None
@@ -176,7 +180,10 @@ class MovieLens100K(PreparedSource):
             fetch_ml100k(self.folder, self.recbole_version)
 
     def raw_files(self) -> list[Path]:
-        return [self.folder / FILES[k] for k in ("inter", "user", "item")]
+        files = [self.folder / FILES[k] for k in ("inter", "user", "item")]
+        if self.inter is not None:
+            files[0] = self.inter
+        return files
 
     def options(self) -> dict:
         return {"genre": self.genre, "threshold": self.threshold, "min_count": self.min_count,

@@ -636,6 +636,33 @@ class PreparedSource:
     def load(self) -> CTRArrays:
         return CTRArrays.load(self.prepare(), mmap=True)
 
+    def iter_chunks(self) -> Iterator[Chunk]:
+        """The parsed rows of this source's raw files, in file order, streaming, without building
+        a cache (``mlet-predict``: construct the source with the files to read as its path).
+
+        The same parser as :meth:`prepare`, one segment per file, in this process. Every row read
+        is yielded in order (a source that leaves rows out on purpose, e.g. negative subsampling,
+        must be configured not to); with ``on_bad_line=error`` a bad line raises
+        :class:`BadLineError` naming its file, line and field."""
+        workers = self.workers
+        self.workers = 1  # one segment per file: absolute line numbers, file order
+        try:
+            segs = self.segments()
+        finally:
+            self.workers = workers
+        n_fields, n_dense = len(self.cat_names), len(self.dense_names)
+        for seg in segs:
+            ctx = ParseContext(seg, self.on_bad_line)
+            for chunk in self.parse(seg, ctx):
+                n = len(chunk.label)
+                if chunk.keys.shape != (n, n_fields) or chunk.dense.shape != (n, n_dense):
+                    raise RuntimeError(f"{type(self).__name__}.parse produced arrays of the wrong shape")
+                if n:
+                    yield chunk
+            if ctx.dropped:
+                raise RuntimeError(f"{type(self).__name__} left {ctx.dropped} rows of {seg.path} out on purpose "
+                                   "(sampling): not a file-order parse")
+
     # -- the build ---------------------------------------------------------------------------
     def _build(self, tmp: Path, fp: dict) -> dict:
         started = time.perf_counter()
