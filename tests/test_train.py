@@ -206,3 +206,18 @@ def test_slurm_launcher_config_composes(tmp_path):
     cfg = compose_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], tmp_path)
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_resume_with_the_csv_logger_writes_a_new_version(tmp_path):
+    """A resumed run logs new metric keys (validation) that an interrupted run's csv header lacks."""
+    overrides = [o for o in TINY if o != "logger=none"] + ["logger=csv"]
+    cfg = compose_cfg([*overrides, "trainer.max_epochs=1"], tmp_path)
+    run(cfg)
+    # as if interrupted mid-epoch: no record, and a csv that holds only training-step columns
+    (tmp_path / "record.json").unlink()
+    first = next((tmp_path / "csv").rglob("metrics.csv"))
+    first.write_text("epoch,step,train_loss_step\n0,10,0.6\n")
+    run(compose_cfg([*overrides, "trainer.max_epochs=2", "callbacks.early_stopping.patience=5"], tmp_path))
+    versions = sorted(p.parent.name for p in (tmp_path / "csv").rglob("metrics.csv"))
+    assert versions == ["version_0", "version_1"]
+    assert "val_auc" in (tmp_path / "csv" / "version_1" / "metrics.csv").read_text().splitlines()[0]
