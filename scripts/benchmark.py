@@ -13,12 +13,16 @@ DLRM with BARS-sized MLPs (bottom and top 400-400-400, batch norm, dropout 0.2).
 4. seconds for the exact AUC (and logloss) over 5 million predictions;
 5. DataLoader workers: batches/s of the training loader with 0 and 2 worker processes.
 
-Every training configuration runs in its own subprocess (peak memory is that process's: resident
-set high-water mark above the level after data generation on a CPU, torch.cuda.max_memory_allocated
-on a GPU). A timing is the median of ``--repeats`` chunks of ``--steps`` steps after ``--warmup``
-steps; each row names the device it ran on. Compared configurations run back to back.
+Two configurations compared for speed run in one subprocess, in alternating chunks of
+``--steps`` steps (on a shared machine the load swings step times between processes far more than
+between neighbouring chunks; dense Adam at the large vocabulary needs ~15 GB and runs alone, in
+fewer steps); a timing is the median of ``--repeats`` chunks after ``--warmup``
+steps. Peak memory comes from a separate short run per configuration: the resident set's
+high-water mark above its level after data generation on a CPU (reset through
+/proc/self/clear_refs), torch.cuda.max_memory_allocated on a GPU. Every row names its device.
 
     python scripts/benchmark.py                       # 1M rows, items 1-5 (3 with 10M)
+    python scripts/benchmark.py --threads 1           # steadier on a machine shared with others
     python scripts/benchmark.py --large-vocab 0       # skip the 10M-row configurations
     python scripts/benchmark.py --vocab 10000000      # everything at 10M rows
 """
