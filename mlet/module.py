@@ -77,6 +77,11 @@ class CTRModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         dense, cat, label = batch
         loss = F.binary_cross_entropy_with_logits(self(dense, cat), label)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}: "
+                "training stopped; the checkpoints written so far are kept (lower optimizer.lr?)"
+            )
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(label))
         return loss
 
@@ -85,7 +90,7 @@ class CTRModule(pl.LightningModule):
         factory = self.optimizer_factory
         if not hasattr(factory, "build"):
             return factory(trainable)
-        sparse_ids = {id(p) for p in self.embedding.sparse_parameters()} if self.embedding.sparse else set()
+        sparse_ids = {id(p) for p in self.embedding.sparse_parameters()}  # the tables (sparse or not)
         return factory.build(
             [p for p in trainable if id(p) not in sparse_ids], [p for p in trainable if id(p) in sparse_ids]
         )

@@ -138,16 +138,24 @@ class SparseAwareOptimizer:
             row-sparse gradients; it must accept sparse gradients (``SparseAdam``, ``SGD``,
             ``Adagrad``). ``None``: the tables are dense parameters like the rest.
         lr: learning rate given to both (an ``lr`` set inside ``dense``/``sparse`` wins).
+        table_lr_scale: multiplies the learning rate of the embedding tables (single-layer ``W``,
+            MLET ``A``) only. The "effective learning rate matched" single-layer control sets it to
+            the factor MLET's initial ``B^T B`` implies (``k * std_B^2``: ``k / 16`` with the authors'
+            init, 1 with ``init=scaled``), so a single-layer table learns at MLET's initial rate.
     """
 
-    def __init__(self, dense: OptimizerFactory, sparse: OptimizerFactory | None = None, lr: float | None = None):
+    def __init__(self, dense: OptimizerFactory, sparse: OptimizerFactory | None = None, lr: float | None = None,
+                 table_lr_scale: float = 1.0):
         if not callable(dense) or (sparse is not None and not callable(sparse)):
             raise ValueError("optimizer.dense (and optimizer.sparse, when set) must be optimizer factories")
         if lr is not None and not lr > 0:
             raise ValueError(f"optimizer.lr must be positive, got {lr!r}")
+        if not table_lr_scale > 0:
+            raise ValueError(f"optimizer.table_lr_scale must be positive, got {table_lr_scale!r}")
         self.dense = dense
         self.sparse = sparse
         self.lr = lr
+        self.table_lr_scale = float(table_lr_scale)
 
     @property
     def sparse_gradients(self) -> bool:
@@ -158,20 +166,30 @@ class SparseAwareOptimizer:
         given = factory.keywords if isinstance(factory, functools.partial) else {}
         return {"lr": self.lr} if self.lr is not None and "lr" not in given else {}
 
+    def _table_group(self, factory: OptimizerFactory, params: list[nn.Parameter]) -> dict[str, Any]:
+        group: dict[str, Any] = {"params": params}
+        if self.table_lr_scale != 1.0:
+            given = factory.keywords if isinstance(factory, functools.partial) else {}
+            base = given.get("lr", self.lr)
+            if base is None:
+                raise ValueError("optimizer.table_lr_scale needs optimizer.lr to be set")
+            group["lr"] = base * self.table_lr_scale
+        return group
+
     def build(self, dense_params: Iterable[nn.Parameter], sparse_params: Iterable[nn.Parameter] = ()) -> Optimizer:
-        """The optimiser for ``dense_params`` and (row-sparse gradients) ``sparse_params``."""
-        dense_params, sparse_params = list(dense_params), list(sparse_params)
-        if sparse_params and self.sparse is None:
-            dense_params, sparse_params = dense_params + sparse_params, []
-        if not sparse_params:
+        """The optimiser for ``dense_params`` and the embedding tables ``sparse_params`` (row-sparse
+        gradients when there is a ``sparse`` factory, else dense like the rest)."""
+        dense_params, tables = list(dense_params), list(sparse_params)
+        if not tables:
             return self.dense(dense_params, **self._kwargs(self.dense))
+        if self.sparse is None or _same(self.dense, self.sparse):
+            # one optimiser (dense Adam; or SGD/Adagrad, which take both kinds of gradient), tables in their own group
+            groups = ([{"params": dense_params}] if dense_params else []) + [self._table_group(self.dense, tables)]
+            return self.dense(groups, **self._kwargs(self.dense))
+        table_opt = self.sparse([self._table_group(self.sparse, tables)], **self._kwargs(self.sparse))
         if not dense_params:
-            return self.sparse(sparse_params, **self._kwargs(self.sparse))
-        if _same(self.dense, self.sparse):  # SGD, Adagrad: one optimiser takes both kinds of gradient
-            return self.dense([{"params": dense_params}, {"params": sparse_params}], **self._kwargs(self.dense))
-        return CombinedOptimizer(
-            [self.dense(dense_params, **self._kwargs(self.dense)), self.sparse(sparse_params, **self._kwargs(self.sparse))]
-        )
+            return table_opt
+        return CombinedOptimizer([self.dense(dense_params, **self._kwargs(self.dense)), table_opt])
 
     def __call__(self, params: Iterable[nn.Parameter]) -> Optimizer:
         """All ``params`` dense (the plain ``_partial_`` optimiser interface)."""
@@ -179,4 +197,5 @@ class SparseAwareOptimizer:
 
     def __repr__(self) -> str:
         sparse = _name(self.sparse) if self.sparse is not None else None
-        return f"SparseAwareOptimizer(dense={_name(self.dense)}, sparse={sparse}, lr={self.lr})"
+        scale = f", table_lr_scale={self.table_lr_scale:g}" if self.table_lr_scale != 1.0 else ""
+        return f"SparseAwareOptimizer(dense={_name(self.dense)}, sparse={sparse}, lr={self.lr}{scale})"

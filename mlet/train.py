@@ -21,8 +21,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlet import sweep
+from mlet.config_check import check_config
 from mlet.module import CTRModule
 from mlet.records import write_record
+
+sweep.register_resolvers()  # ${mlet.job_dir:}, ${mlet.run_name:}, ... (conf/hydra, conf/logger)
 
 log = logging.getLogger("mlet.train")
 
@@ -47,41 +51,88 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
+def build_module(cfg: DictConfig, cardinalities: list[int], num_dense: int) -> CTRModule:
+    """The Lightning module for a data schema: the embedding first, then the model sized by it."""
+    embedding = instantiate(cfg.embedding)(cardinalities=cardinalities)
+    model = instantiate(cfg.model)(num_fields=len(cardinalities), embed_dim=embedding.dim, num_dense=num_dense)
+    return CTRModule(embedding=embedding, model=model, optimizer=instantiate(cfg.optimizer))
+
+
 def build(cfg: DictConfig):
-    """Data module, Lightning module, callbacks and loggers from a composed config."""
+    """Data module and Lightning module from a composed config."""
     source = instantiate(cfg.data)
     datamodule = instantiate(cfg.datamodule, source=source)
     datamodule.prepare_data()
     datamodule.setup()
-    embedding = instantiate(cfg.embedding)(cardinalities=datamodule.cardinalities)
-    model = instantiate(cfg.model)(
-        num_fields=datamodule.num_fields, embed_dim=embedding.dim, num_dense=datamodule.num_dense
-    )
-    module = CTRModule(embedding=embedding, model=model, optimizer=instantiate(cfg.optimizer))
-    return datamodule, module
+    return datamodule, build_module(cfg, datamodule.cardinalities, datamodule.num_dense)
+
+
+def save_run_spec(output_dir: Path, cfg: DictConfig, datamodule) -> None:
+    """The resolved config and the data schema, saved at the start of a run: enough to rebuild
+    the network from any of its checkpoints (``mlet-export``) without the data."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    arrays = datamodule.arrays
+    schema = {
+        "dataset": arrays.name,
+        "dense_names": list(arrays.dense_names),
+        "cat_names": list(arrays.cat_names),
+        "cardinalities": [int(c) for c in arrays.cardinalities],
+    }
+    write_record(output_dir / "schema.json", schema)
+
+
+def _resume_from(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` only when this run directory holds a last checkpoint (else a fresh start, quietly)."""
+    if ckpt_path != "last":
+        return ckpt_path
+    if any((output_dir / "checkpoints").glob("last*.ckpt")):
+        log.info("resuming from %s", output_dir / "checkpoints" / "last.ckpt")
+        return "last"
+    return None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and test as the config says; returns the run record."""
+    """Train and test as the config says; returns the run record.
+
+    A job whose output directory already holds a record (unless ``force=true``), a duplicate or an
+    invalid sweep combination, or one that another process is training right now (two sweeps on
+    the same output root), is skipped before anything is built (see ``mlet.sweep``); it returns
+    the existing record (or ``{}``) with ``status: skipped``.
+    """
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
+    with sweep.job_lock(output_dir) as held_elsewhere:
+        # checked under the lock: a concurrent sweep may have just finished this job
+        skip = ("running", held_elsewhere, None) if held_elsewhere else sweep.skip_reason(cfg, output_dir)
+        if skip is not None:
+            status, reason, existing = skip
+            sweep.note_outcome(output_dir, status, reason)
+            return {**(existing or {}), "status": "skipped", "skipped": status, "skip_reason": reason}
+        check_config(cfg)
+        return _train(cfg, output_dir, started)
+
+
+def _train(cfg: DictConfig, output_dir: Path, started: float) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
+    save_run_spec(output_dir, cfg, datamodule)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": sweep.identity(cfg)})
 
     log.info("embedding: %s", module.embedding)
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_from(cfg.ckpt_path, output_dir))
     ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
 
     record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started)
     write_record(output_dir / "record.json", record)
+    sweep.note_outcome(output_dir, "trained")
     for lg in loggers:
         if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
             lg.experiment.summary.update({k: v for k, v in record.items() if k != "config"})
@@ -111,6 +162,10 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
     val = module.results.get("val", {})
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     test = module.results.get("test", {})
+    extra = {}  # analyses from callbacks with record_items() (mlet.callbacks: buckets, spectrum)
+    for cb in trainer.callbacks:
+        if callable(getattr(cb, "record_items", None)):
+            extra.update(cb.record_items())
     return {
         "status": "completed",
         "data": _choice("data", cfg.data._target_),
@@ -133,6 +188,7 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
         "seconds": round(seconds, 2),
         "device": str(trainer.strategy.root_device),
         "versions": {"torch": torch.__version__, "pytorch_lightning": pl.__version__},
+        **extra,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -141,11 +197,11 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
 def main(cfg: DictConfig) -> float | None:
     try:
         record = run(cfg)
-    except (UserError, ValueError, FileNotFoundError, InstantiationException) as exc:
+    except (UserError, ValueError, OSError, FloatingPointError, InstantiationException) as exc:
         cause = _root_cause(exc)
         print(f"mlet-train: error: {cause}", file=sys.stderr)
         sys.exit(2)
-    return record["val_auc"]
+    return record.get("val_auc")
 
 
 if __name__ == "__main__":

@@ -119,3 +119,14 @@ def test_deduplicated_lookups_give_the_same_outputs_and_gradients(shared):
     assert dedup.inner.weight.grad.coalesce().indices().shape[1] == len(torch.unique(ref.rows(idx)))
     assert torch.allclose(dedup.inner.weight.grad.to_dense(), ref.inner.weight.grad.to_dense(), atol=1e-5)
     assert torch.allclose(dedup.projection.grad, ref.projection.grad, atol=1e-5)
+
+
+def test_lowrank_is_the_contrast_and_collapses():
+    from mlet.embeddings import LowRankEmbedding
+
+    emb = LowRankEmbedding([30, 40], 8, 2)
+    idx = torch.tensor([[1, 2], [29, 39]])
+    assert (emb(idx) - emb.collapse()(idx)).abs().max() <= 1e-6
+    assert torch.linalg.matrix_rank(emb.collapsed_weight()[:30]).item() <= 2
+    with pytest.raises(ValueError, match="embedding=mlet"):
+        LowRankEmbedding([30], 8, 8)

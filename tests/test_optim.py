@@ -164,3 +164,20 @@ def test_lightning_fit_and_resume_with_combined_optimizer(tmp_path):
     second = run(compose_cfg([*common, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "b"))
     assert second["steps"] == 2 * first["steps"]  # one global step per batch, resumed where it stopped
     assert second["test_auc"] > 0.55
+
+
+@pytest.mark.parametrize("name", ["adam", "sparse_adam", "sgd", "adagrad"])
+def test_table_lr_scale_multiplies_only_the_tables_learning_rate(name, tmp_path):
+    """The lr-matched single-layer control: the table learns at lr * scale, the MLP at lr."""
+    from tests.conftest import TINY, compose_cfg
+    from mlet.train import build
+
+    cfg = compose_cfg([*TINY, "embedding=single", f"optimizer={name}", "optimizer.table_lr_scale=4"], tmp_path)
+    _, module = build(cfg)
+    optimizer = module.configure_optimizers()
+    lr = cfg.optimizer.lr
+    table = module.embedding.table.weight
+    lrs = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert lrs[id(table)] == pytest.approx(4 * lr)
+    others = [lrs[id(p)] for p in module.net.model.parameters()]
+    assert others and all(v == pytest.approx(lr) for v in others)

@@ -118,13 +118,91 @@ def test_wandb_offline_run_writes_local_files(tmp_path):
     assert list(runs[0].glob("*.wandb")), "the offline run holds its .wandb log for `wandb sync`"
 
 
-def test_resume_from_checkpoint_continues(tmp_path):
+@pytest.fixture
+def count_steps(monkeypatch):
+    """Counts the training steps actually executed."""
+    from mlet.module import CTRModule
+
+    calls = []
+    original = CTRModule.training_step
+
+    def counting(self, batch, batch_idx):
+        calls.append(batch_idx)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(CTRModule, "training_step", counting)
+    return calls
+
+
+def test_resume_from_checkpoint_continues(tmp_path, count_steps):
     first = compose_cfg([*TINY, "trainer.max_epochs=1", "callbacks.early_stopping.patience=5"], tmp_path / "a")
     rec1 = run(first)
+    steps_per_epoch = rec1["steps"]
+    assert len(count_steps) == steps_per_epoch
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     second = compose_cfg([*TINY, "trainer.max_epochs=3", f"ckpt_path={last}", "callbacks.early_stopping.patience=5"],
                          tmp_path / "b")
     rec2 = run(second)
-    steps_per_epoch = rec1["steps"]
-    assert rec2["steps"] == 3 * steps_per_epoch  # continued from step 1 epoch's worth, not from zero
+    assert rec2["steps"] == 3 * steps_per_epoch
     assert rec2["epochs"] == 3
+    # continued: the second run executed only the two missing epochs
+    assert len(count_steps) == 3 * steps_per_epoch
+
+
+def test_ckpt_path_last_resumes_in_the_same_run_dir(tmp_path, count_steps):
+    rec1 = run(compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path))
+    assert rec1["epochs"] == 1
+    # an interrupted run has no record yet; a finished one would be skipped (see test_sweep.py)
+    (tmp_path / "record.json").unlink()
+    # same output dir, default ckpt_path=last: continues from checkpoints/last.ckpt
+    rec2 = run(compose_cfg([*TINY, "trainer.max_epochs=2", "callbacks.early_stopping.patience=5"], tmp_path))
+    assert rec2["steps"] == 2 * rec1["steps"]
+    assert len(count_steps) == 2 * rec1["steps"]  # not 3: the second run did one epoch
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+    from mlet.models.dlrm import DLRM
+
+    monkeypatch.setattr(DLRM, "forward", lambda self, emb, dense: emb.sum(dim=(1, 2)) * float("nan"))
+    proc_cfg = compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path)
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        run(proc_cfg)
+    assert not (tmp_path / "record.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("+embedding.dimm=3", "embedding.dimm: not a setting of mlet.embeddings.MLETEmbedding"),
+        ("embedding.dim=abc", "embedding.dim='abc': expected int"),
+        ("embedding.share_projection=maybe", "embedding.share_projection='maybe': expected bool"),
+        ("+model.hidden=[3]", "model.hidden: not a setting"),
+        ("embedding.inner_dim=2", "inner_dim >= dim"),
+    ],
+)
+def test_config_is_checked_before_any_work(override, needle, tmp_path, monkeypatch):
+    from mlet.config_check import ConfigError
+    from mlet.data.synthetic import SyntheticCTR
+
+    def fail(self):
+        raise AssertionError("data was loaded before the config was checked")
+
+    monkeypatch.setattr(SyntheticCTR, "load", fail)
+    with pytest.raises(ConfigError) as info:
+        run(compose_cfg([*TINY, override], tmp_path))
+    assert needle in str(info.value)
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    proc = run_cli(["-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "embedding=single,mlet",
+                    "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweep").rglob("record.json")]
+    assert sorted(r["embedding"] for r in records) == ["mlet", "single"]
+
+
+def test_slurm_launcher_config_composes(tmp_path):
+    cfg = compose_cfg(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], tmp_path)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.partition == "gpu" and cfg.hydra.launcher.gpus_per_node == 1

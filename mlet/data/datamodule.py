@@ -18,6 +18,13 @@ from torch.utils.data.distributed import DistributedSampler
 from mlet.data.arrays import CTRArrays, Split
 
 
+def _tensor(array: np.ndarray, dtype) -> torch.Tensor:
+    """A tensor owning its memory: a slice of a read-only memory map is copied (once), a fresh
+    gather or conversion is taken as it is."""
+    out = np.asarray(array, dtype=dtype)
+    return torch.from_numpy(out if out.flags.writeable else out.copy())
+
+
 class SplitBatches(Dataset):
     """Item ``key`` is one whole batch: ``key`` is a ``slice`` (evaluation) or an index array."""
 
@@ -34,9 +41,9 @@ class SplitBatches(Dataset):
             part = self.split.take(key)
             dense, cat, label = part.dense, part.cat, part.label
         return (
-            torch.from_numpy(np.asarray(dense, dtype=np.float32)),
-            torch.from_numpy(np.asarray(cat, dtype=np.int64)),
-            torch.from_numpy(np.asarray(label, dtype=np.float32)),
+            _tensor(dense, np.float32),
+            _tensor(cat, np.int64),
+            _tensor(label, np.float32),
         )
 
 
@@ -70,6 +77,7 @@ class BatchKeys(DistributedSampler):
         self.shuffle = shuffle
         self.seed = int(seed)
         self.epoch = 0
+        self.skip: tuple[int, int] | None = None  # (epoch, batches) to skip once, when resuming
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.drop_last = False
@@ -89,6 +97,11 @@ class BatchKeys(DistributedSampler):
         return -(-largest_block // self.batch_size)
 
     def __iter__(self):
+        first = 0  # batches of this epoch already trained on (a resumed run skips them)
+        if self.skip is not None:
+            if self.skip[0] == self.epoch:
+                first = self.skip[1]
+            self.skip = None
         if not self.shuffle:
             lo = self.rows * self.rank // self.num_replicas
             hi = self.rows * (self.rank + 1) // self.num_replicas
@@ -99,10 +112,36 @@ class BatchKeys(DistributedSampler):
                 yield slice(hi, hi)  # empty: keeps the processes in step
             return
         order = np.random.default_rng((self.seed, self.epoch)).permutation(self.rows)
-        for i in range(len(self)):
+        for i in range(first, len(self)):
             b = (i * self.num_replicas + self.rank) % self.num_batches
             # sorted: sequential reads from a memory map
             yield np.sort(order[b * self.batch_size : (b + 1) * self.batch_size])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints (``state_dict``/``load_state_dict``), so a run
+    resumed from a mid-epoch checkpoint continues with the very batches it had not trained on.
+
+    The state is the epoch and the number of batches handed out in it: Lightning saves it in
+    ``on_train_batch_end``, before its fetcher asks for the next batch (checked by
+    ``tests/test_resume.py``, which compares the resumed batches with an uninterrupted run's)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._handed_out = 0
+
+    def __iter__(self):
+        skip = self.sampler.skip
+        self._handed_out = skip[1] if skip is not None and skip[0] == self.sampler.epoch else 0
+        for batch in super().__iter__():
+            self._handed_out += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self._handed_out}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.skip = (int(state["epoch"]), int(state["batches"]))
 
 
 class CTRDataModule(pl.LightningDataModule):
@@ -170,7 +209,7 @@ class CTRDataModule(pl.LightningDataModule):
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         split = self.arrays.splits[name]
         replicas, rank = self._replicas()
-        return DataLoader(
+        return (ResumableLoader if shuffle else DataLoader)(
             SplitBatches(split),
             sampler=BatchKeys(len(split), batch_size, shuffle=shuffle, seed=self.seed, num_replicas=replicas, rank=rank),
             batch_size=None,

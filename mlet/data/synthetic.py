@@ -38,6 +38,14 @@ def _bias_for_rate(logit: np.ndarray, rate: float) -> float:
     return (lo + hi) / 2
 
 
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from mlet.metrics import auc
+
+    import torch
+
+    return auc(torch.from_numpy(scores), torch.from_numpy(labels))
+
+
 class SyntheticCTR:
     """Deterministic synthetic CTR data; ``load()`` returns train/val/test :class:`CTRArrays`."""
 
@@ -128,5 +136,11 @@ class SyntheticCTR:
             cardinalities=list(self.cardinalities),
             splits=splits,
             counts=training_counts(splits["train"].cat, self.cardinalities),
-            meta={"generator": "synthetic", "seed": self.seed, "zipf_exponent": self.zipf_exponent},
+            meta={
+                "generator": "synthetic",
+                "seed": self.seed,
+                "zipf_exponent": self.zipf_exponent,
+                # the best AUC any model can reach on the test split: the teacher's own
+                "teacher_test_auc": _auc(logit[np.sort(parts["test"])], splits["test"].label),
+            },
         )

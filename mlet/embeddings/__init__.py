@@ -1,7 +1,7 @@
 """Embedding types: all map ``indices[B, F]`` to ``[B, F, d]`` and collapse to a single-layer table."""
 
 from mlet.embeddings.base import FieldEmbedding
-from mlet.embeddings.mlet import MLETEmbedding
+from mlet.embeddings.mlet import LowRankEmbedding, MLETEmbedding
 from mlet.embeddings.single import SingleLayerEmbedding
 
-__all__ = ["FieldEmbedding", "MLETEmbedding", "SingleLayerEmbedding"]
+__all__ = ["FieldEmbedding", "LowRankEmbedding", "MLETEmbedding", "SingleLayerEmbedding"]

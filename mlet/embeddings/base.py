@@ -72,6 +72,14 @@ class FieldEmbedding(nn.Module, ABC):
             )
         return indices.long() + self.offsets
 
+    def field_of_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The field each concatenated-table row belongs to."""
+        return torch.bucketize(rows, self.offsets[1:], right=True)
+
+    @abstractmethod
+    def collapsed_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``[R]`` of the collapsed concatenated table, ``[R, dim]``, without building it."""
+
     @abstractmethod
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """``indices[B, F]`` -> ``[B, F, dim]``."""

@@ -81,11 +81,7 @@ class MLETEmbedding(FieldEmbedding):
         # only. The same numbers either way (see _forward_unique).
         self.dedup_lookups: bool | None = None
         self.inner_dim = check_dim("inner_dim", inner_dim)
-        if self.inner_dim < self.dim:
-            raise ValueError(
-                f"embedding.inner_dim={self.inner_dim} is smaller than embedding.dim={self.dim}: MLET needs "
-                "inner_dim >= dim (inner_dim < dim is a low-rank factorisation, a different method)"
-            )
+        self._check_inner_dim()
         self.share_projection = bool(share_projection)
         self.init = init
         std = projection_std(init, self.inner_dim)
@@ -93,6 +89,13 @@ class MLETEmbedding(FieldEmbedding):
         init_uniform_per_field(self.inner.weight, self.cardinalities)
         shape = (self.inner_dim, self.dim) if self.share_projection else (self.num_fields, self.inner_dim, self.dim)
         self.projection = nn.Parameter(torch.randn(shape) * std, requires_grad=bool(train_projection))
+
+    def _check_inner_dim(self) -> None:
+        if self.inner_dim < self.dim:
+            raise ValueError(
+                f"embedding.inner_dim={self.inner_dim} is smaller than embedding.dim={self.dim}: MLET needs "
+                "inner_dim >= dim (inner_dim < dim is a low-rank factorisation, a different method: embedding=lowrank)"
+            )
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         rows = self.rows(indices)  # [B, F]
@@ -130,6 +133,12 @@ class MLETEmbedding(FieldEmbedding):
     def field_projection(self, field: int) -> torch.Tensor:
         return self.projection if self.share_projection else self.projection[field]
 
+    def collapsed_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        a = self.inner.weight[rows]  # [R, k]
+        if self.share_projection:
+            return a @ self.projection
+        return torch.bmm(a.unsqueeze(1), self.projection[self.field_of_rows(rows)]).squeeze(1)
+
     @torch.no_grad()
     def collapsed_weight(self) -> torch.Tensor:
         """The concatenated ``sum_f n_f x d`` table ``[A_1 B_1; ...; A_F B_F]``."""
@@ -159,3 +168,18 @@ class MLETEmbedding(FieldEmbedding):
             f"{super().extra_repr()}, inner_dim={self.inner_dim}, share_projection={self.share_projection}, "
             f"init={self.init}, train_projection={self.projection.requires_grad}, eval_mode={self.eval_mode}"
         )
+
+
+class LowRankEmbedding(MLETEmbedding):
+    """Low-rank factorisation ``W_f = A_f B_f`` with ``inner_dim < dim`` (rank-k tables): the
+    contrast to MLET, which over-parameterises (k >= d) rather than compresses. Collapses to
+    ``n_f x d`` like MLET; same options."""
+
+    kind = "lowrank"
+
+    def _check_inner_dim(self) -> None:
+        if self.inner_dim >= self.dim:
+            raise ValueError(
+                f"embedding=lowrank needs inner_dim < dim, got inner_dim={self.inner_dim}, dim={self.dim} "
+                "(inner_dim >= dim is MLET: embedding=mlet)"
+            )

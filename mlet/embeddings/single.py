@@ -55,6 +55,9 @@ class SingleLayerEmbedding(FieldEmbedding):
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         return self.table(self.rows(indices))
 
+    def collapsed_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.table.weight[rows]
+
     def collapse(self) -> "SingleLayerEmbedding":
         return self
 

@@ -13,22 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mlet.models.layers import MLP
+from mlet.models.layers import MLP, DotInteraction, check_contract
 
-
-class DotInteraction(nn.Module):
-    """Pairwise dot products of ``n`` vectors ``[B, n, d]`` -> ``[B, n (n - 1) / 2]`` (no self-pairs)."""
-
-    def __init__(self, num_vectors: int) -> None:
-        super().__init__()
-        rows, cols = torch.tril_indices(num_vectors, num_vectors, offset=-1)
-        self.register_buffer("rows", rows, persistent=False)
-        self.register_buffer("cols", cols, persistent=False)
-        self.out_features = int(rows.numel())
-
-    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        gram = torch.bmm(vectors, vectors.transpose(1, 2))
-        return gram[:, self.rows, self.cols]
+__all__ = ["DLRM", "DotInteraction"]  # DotInteraction lives in layers.py, shared
 
 
 class DLRM(nn.Module):
@@ -51,6 +38,7 @@ class DLRM(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
+        check_contract("DLRM", num_fields, embed_dim, num_dense)
         self.num_dense = num_dense
         self.dense_arch = MLP(num_dense, bottom_mlp, embed_dim, activation="relu") if num_dense else None
         # DLRM's bottom MLP ends with a ReLU too (the dense vector is a non-negative "embedding").

@@ -1,4 +1,16 @@
-"""Small building blocks shared by the CTR models."""
+"""Small building blocks shared by the CTR models.
+
+Every model reads ``embedded[B, F, d]`` (from an embedding it does not know) and ``dense[B, D]``.
+The pieces here are the ones several models share:
+
+* :class:`MLP` - the deep tower.
+* :class:`DenseField` - the dense vector as one more embedded field, for models whose paper has
+  no dense path but interacts fields (FM, DeepFM, xDeepFM, AutoInt, FiBiNET).
+* :func:`flat_input` - ``[flatten(embedded), dense]``: the input of a DNN or of a cross network.
+* :class:`FirstOrder` - the linear (first-order, "wide", LR) term.
+* :class:`FMInteraction` - the FM second-order term.
+* :class:`DotInteraction` - DLRM's pairwise dot products.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +20,20 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+def check_positive(model: str, **values: int) -> None:
+    """Raise ``ValueError`` (one readable line) unless every value is a positive integer."""
+    for name, value in values.items():
+        if isinstance(value, bool) or int(value) != value or int(value) < 1:
+            raise ValueError(f"model: {model} needs {name} to be a positive integer, got {value!r}")
+
+
+def check_contract(model: str, num_fields: int, embed_dim: int, num_dense: int) -> None:
+    """The arguments every model receives from the trainer."""
+    check_positive(model, num_fields=num_fields, embed_dim=embed_dim)
+    if isinstance(num_dense, bool) or int(num_dense) != num_dense or int(num_dense) < 0:
+        raise ValueError(f"model: {model} needs num_dense >= 0, got {num_dense!r}")
 
 
 class MLP(nn.Sequential):
@@ -33,6 +59,8 @@ class MLP(nn.Sequential):
     ) -> None:
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
@@ -52,3 +80,73 @@ class MLP(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) if len(self) else x
+
+
+def flat_input(embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``[flatten(embedded[B, F, d]), dense[B, D]]`` -> ``[B, F d + D]`` (``D`` may be 0)."""
+    return torch.cat([embedded.flatten(1), dense.to(embedded.dtype)], dim=1)
+
+
+class DenseField(nn.Module):
+    """The dense vector as one more embedded field: ``[B, F, d], [B, D] -> [B, F + 1, d]``.
+
+    The extra field is ``W x`` (``W``: d x D, no bias). This is the sum of the per-feature numeric
+    embeddings ``v_i x_i`` that BARS/FuxiCTR give each numeric feature, so a field interaction
+    sees the dense features as one field instead of D. With ``num_dense = 0`` it passes the
+    embedded fields through unchanged (``extra_fields = 0``).
+    """
+
+    def __init__(self, num_dense: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(num_dense, embed_dim, bias=False) if num_dense else None
+        self.extra_fields = 1 if num_dense else 0
+
+    def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        if self.proj is None:
+            return embedded
+        return torch.cat([embedded, self.proj(dense.to(embedded.dtype)).unsqueeze(1)], dim=1)
+
+
+class FirstOrder(nn.Module):
+    """Linear term ``sum_f w_f . e_f + w_dense . x (+ b)`` -> ``[B]``.
+
+    Models never own per-category tables, so the first-order weight of category ``c`` of field
+    ``f`` is ``w_f . e_c``: a scalar read through the category's own embedding. It loses no
+    expressiveness (any per-category scalar is reachable by moving ``e_c``), and for ``d = 1`` it
+    is exactly one weight per category up to the factor ``w_f``. Dense features enter with their
+    own weights, as numeric features do in BARS/FuxiCTR's ``LogisticRegression`` layer.
+    """
+
+    def __init__(self, num_fields: int, embed_dim: int, num_dense: int = 0, bias: bool = True) -> None:
+        super().__init__()
+        self.linear = nn.Linear(num_fields * embed_dim + num_dense, 1, bias=bias)
+
+    def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return self.linear(flat_input(embedded, dense)).squeeze(-1)
+
+
+class FMInteraction(nn.Module):
+    """FM second-order term ``sum_{i<j} <v_i, v_j>`` of ``n`` vectors ``[B, n, d]`` -> ``[B]``.
+
+    Computed in ``O(n d)`` as ``((sum_i v_i)^2 - sum_i v_i^2) / 2`` summed over the d coordinates
+    (Rendle, 2010). No parameters.
+    """
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        total = vectors.sum(dim=1)
+        return 0.5 * (total.pow(2) - vectors.pow(2).sum(dim=1)).sum(dim=1)
+
+
+class DotInteraction(nn.Module):
+    """Pairwise dot products of ``n`` vectors ``[B, n, d]`` -> ``[B, n (n - 1) / 2]`` (no self-pairs)."""
+
+    def __init__(self, num_vectors: int) -> None:
+        super().__init__()
+        rows, cols = torch.tril_indices(num_vectors, num_vectors, offset=-1)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.out_features = int(rows.numel())
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        gram = torch.bmm(vectors, vectors.transpose(1, 2))
+        return gram[:, self.rows, self.cols]

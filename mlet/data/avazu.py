@@ -1,0 +1,131 @@
+"""Avazu CTR ``train`` (CSV with a header, 24 columns, 40,428,967 rows over 10 days).
+
+``id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,
+device_id,device_ip,device_model,device_type,device_conn_type,C14,...,C21``. ``id`` is an
+unsigned 64-bit decimal that overflows int64: it is never parsed (BARS drops it). ``hour`` is
+``YYMMDDHH``.
+
+Protocols (BARS Avazu_x4): ``bars_x4_001`` (categories seen fewer than 2 times in training ->
+OOV) and ``bars_x4_002`` (min count 1); both drop ``id``, replace ``hour`` by hour-of-day,
+weekday (``%w``: Sunday 0) and weekend (Saturday or Sunday) and split by the stratified 8:1:1 of
+scikit-learn 0.19.1 with seed 2018. Fields, in BARS's order: ``hour`` (of day), the 21 columns
+``C1 .. C21``, ``weekday``, ``weekend``; no dense features. Tokens are kept exactly (each is at
+most 8 characters in the real file; longer ones are hashed to 64 bits).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mlet.data import splits as S
+from mlet.data.pipeline import Chunk, ParseContext, PreparedSource, Segment, text_segments
+from mlet.data.textparse import decode_int, decode_label, decode_token, open_binary, read_header, tokenize
+
+COLUMNS = ["id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id",
+           "app_domain", "app_category", "device_id", "device_ip", "device_model", "device_type",
+           "device_conn_type", "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21"]
+TOKEN_COLUMNS = COLUMNS[3:]
+FIELDS = ["hour", *TOKEN_COLUMNS, "weekday", "weekend"]
+
+
+def hour_features(stamp: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``YYMMDDHH`` (20YY) -> (hour of day, weekday with Sunday = 0, weekend 0/1, bad mask)."""
+    yy, mm, dd, hh = stamp // 1000000, stamp // 10000 % 100, stamp // 100 % 100, stamp % 100
+    months = (2000 + yy - 1970) * 12 + np.clip(mm, 1, 12) - 1
+    days = months.astype("datetime64[M]").astype("datetime64[D]").astype(np.int64) + dd - 1
+    same_month = days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) == months
+    bad = (length != 8) | (mm < 1) | (mm > 12) | (dd < 1) | ~same_month | (hh > 23)
+    weekday = (days + 4) % 7  # 1970-01-01 was a Thursday (%w = 4)
+    weekend = (weekday == 0) | (weekday == 6)
+    return hh, weekday, weekend.astype(np.int64), bad
+
+
+class Avazu(PreparedSource):
+    """Avazu ``train`` CSV.
+
+    Args:
+        path: the raw ``train`` / ``train.csv`` (or ``.gz``).
+        protocol: ``bars_x4_001`` (min count 2) or ``bars_x4_002`` (min count 1).
+        min_count: override of the protocol's min count.
+        seed: seed of the stratified split (2018).
+        cache_dir, on_bad_line, workers, block_bytes, progress, segment_bytes: see
+            :class:`mlet.data.pipeline.PreparedSource`.
+    """
+
+    PROTOCOLS = {"bars_x4_001": 2, "bars_x4_002": 1}
+
+    def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike = "data_cache",
+                 protocol: str = "bars_x4_001", min_count: int | None = None, seed: int = 2018, **kwargs) -> None:
+        super().__init__(cache_dir, **kwargs)
+        if protocol not in self.PROTOCOLS:
+            raise ValueError(f"data.protocol must be one of {sorted(self.PROTOCOLS)}, got {protocol!r}")
+        self.path = Path(path)
+        self.protocol = protocol
+        self.min_count = int(min_count) if min_count is not None else self.PROTOCOLS[protocol]
+        self.seed = int(seed)
+        self.name = f"avazu-{protocol}"
+        self.dense_names, self.cat_names = [], list(FIELDS)
+        self.min_counts = [self.min_count] * len(FIELDS)
+        self._columns: list[str] | None = None
+
+    def raw_files(self) -> list[Path]:
+        return [self.path]
+
+    def options(self) -> dict:
+        return {"protocol": self.protocol, "min_count": self.min_count, "seed": self.seed,
+                "on_bad_line": self.on_bad_line}
+
+    def _header(self) -> tuple[list[str], int]:
+        with open_binary(self.path) as f:
+            raw, nbytes = read_header(f)
+        try:
+            names = raw.decode("utf-8").split(",")
+        except UnicodeDecodeError:
+            names = []
+        missing = [c for c in COLUMNS if c not in names]
+        if missing:
+            raise ValueError(
+                f"{self.path}, line 1: the header must name the Avazu columns {','.join(COLUMNS)}; "
+                f"missing {missing} in {raw[:200]!r}"
+            )
+        return names, nbytes
+
+    def segments(self) -> list[Segment]:
+        self._columns, header_bytes = self._header()
+        return text_segments([self.path], [header_bytes], pieces=self._pieces(), min_bytes=self.segment_bytes)
+
+    def parse(self, segment: Segment, ctx: ParseContext) -> Iterator[Chunk]:
+        names = self._columns or self._header()[0]
+        col = {c: i for i, c in enumerate(names)}
+        width = len(names)
+        tok_cols = [col[c] for c in TOKEN_COLUMNS]
+        for block in ctx.blocks(self.block_bytes):
+            tokens = tokenize(block, width, b",", pad_short=False)
+            n = tokens.n
+            ctx.lines += n
+            buf, errors = block.buf, tokens.errors
+            starts, ends = tokens.starts, tokens.ends
+            c = col["click"]
+            label, bad = decode_label(buf, starts[:, c], ends[:, c])
+            errors.add(bad, c, "click must be 0 or 1, got {value}")
+            h = col["hour"]
+            stamp, _, hbad = decode_int(buf, starts[:, h], ends[:, h])
+            hour, weekday, weekend, tbad = hour_features(stamp, ends[:, h] - starts[:, h])
+            errors.add(hbad | tbad, h, "hour must be a YYMMDDHH timestamp, got {value}")
+            keys = np.empty((n, len(FIELDS)), dtype=np.int64)
+            keys[:, 0] = hour
+            keys[:, 1:-2] = decode_token(buf, starts[:, tok_cols].ravel(), ends[:, tok_cols].ravel()).reshape(n, -1)
+            keys[:, -2] = weekday
+            keys[:, -1] = weekend
+            if errors.any():
+                keep = ctx.check(errors, block, tokens, names)
+                label, keys = label[keep], keys[keep]
+            ctx.progress(block.size, len(label))
+            yield Chunk(label, np.zeros((len(label), 0), np.float32), keys)
+
+    def assign(self, labels, rows_per_file, presplit) -> np.ndarray:
+        return S.bars_x4(labels, self.seed)

@@ -1,0 +1,182 @@
+"""``mlet-export``: the deployable, collapsed model of a run.
+
+Every MLET pair ``A_f B_f`` is replaced by its ``n_f x d`` product, so the exported network is a
+single-layer model of dimension d. It is written with ``torch.export`` (``model.pt2``, batch size
+dynamic) beside a ``model.json`` holding the data schema, the data config (so ``mlet-predict`` can
+parse raw files of the run's format), the sizes and the ``vocabulary`` entry. For a run on a
+file-backed source (:class:`mlet.data.pipeline.PreparedSource`) the run's vocabulary is copied
+from its data cache to ``vocab.npy``: for each categorical field in order, the raw key (the
+pipeline's int64 encoding of the category) of every index ``1..n_f-1``; index 0 is OOV. Field
+``f``'s keys are ``vocab[offsets[f]:offsets[f] + cardinalities[f] - 1]``. Synthetic runs have no
+raw format and no vocabulary (``"vocabulary": null``).
+
+    mlet-export outputs/runs/<run>                 # best checkpoint of the run
+    mlet-export outputs/runs/<run>/checkpoints/last.ckpt --out exported/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from mlet.embeddings import SingleLayerEmbedding
+from mlet.module import CTRNet
+from mlet.records import write_record
+
+EXPORT_NAME = "model.pt2"
+SPEC_NAME = "model.json"
+VOCAB_NAME = "vocab.npy"
+
+
+class ExportError(Exception):
+    pass
+
+
+def locate(target: str | Path) -> tuple[Path, Path]:
+    """(run dir, checkpoint) for a run dir or a checkpoint inside one."""
+    target = Path(target)
+    if target.is_file():
+        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        return run_dir, target
+    if not target.is_dir():
+        raise ExportError(f"{target}: no such run directory or checkpoint")
+    record = target / "record.json"
+    if record.is_file():
+        best = json.loads(record.read_text()).get("best_checkpoint")
+        if best and Path(best).is_file():
+            return target, Path(best)
+    last = target / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        return target, last
+    raise ExportError(f"{target}: no checkpoint found (record.json's best_checkpoint or checkpoints/last.ckpt)")
+
+
+def load_collapsed(target: str | Path) -> tuple[CTRNet, dict, Path]:
+    """The collapsed network of a run (eval mode, CPU), its run spec, and the checkpoint used."""
+    from mlet.train import build_module  # the same builder as training: one way to make a module
+
+    run_dir, ckpt = locate(target)
+    for name in ("config.yaml", "schema.json"):
+        if not (run_dir / name).is_file():
+            raise ExportError(f"{run_dir / name}: missing; it is written when a run starts")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    schema = json.loads((run_dir / "schema.json").read_text())
+    module = build_module(cfg, schema["cardinalities"], len(schema["dense_names"]))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    net = CTRNet(module.embedding.collapse(), module.net.model).eval()
+    spec = {"schema": schema, "data": OmegaConf.to_container(cfg.data, resolve=True),
+            "embedding": module.embedding.kind, "dim": module.embedding.dim,
+            "inner_dim": getattr(module.embedding, "inner_dim", None)}
+    return net, spec, ckpt
+
+
+def data_source(data_cfg: dict, **overrides):
+    """The run's data source, instantiated from its resolved data config (``_target_`` and
+    arguments) with ``overrides``, building nothing; ``None`` for a source without raw files."""
+    from hydra.utils import get_class
+
+    from mlet.data.pipeline import PreparedSource
+
+    cls = get_class(data_cfg["_target_"])
+    if not (isinstance(cls, type) and issubclass(cls, PreparedSource)):
+        return None
+    kwargs = {k: v for k, v in data_cfg.items() if k != "_target_"}
+    return cls(**{**kwargs, "progress": False, **overrides})
+
+
+def copy_vocabulary(data_cfg: dict, schema: dict, out: Path) -> dict | None:
+    """Copy the run's vocabulary from its data cache into ``out``; its description for
+    ``model.json`` (``None`` when the run's data has no raw format, e.g. synthetic)."""
+    import numpy as np
+
+    source = data_source(data_cfg)
+    if source is None:
+        return None
+    try:
+        cache = source.cache_path
+    except FileNotFoundError as exc:
+        raise ExportError(f"cannot locate the run's data cache: {exc}") from None
+    meta_path, vocab_path = cache / "meta.json", cache / VOCAB_NAME
+    if not meta_path.is_file() or not vocab_path.is_file():
+        raise ExportError(f"the run's data cache {cache} is gone (no meta.json / {VOCAB_NAME}); it holds the "
+                          "vocabulary prediction needs: prepare it again with the run's data config (mlet-prepare "
+                          "data=... with the same options) and export again")
+    meta = json.loads(meta_path.read_text())
+    cards = [int(c) for c in meta["cardinalities"]]
+    if cards != [int(c) for c in schema["cardinalities"]] or meta["cat_names"] != schema["cat_names"]:
+        raise ExportError(f"the data cache {cache} does not match the run's schema.json (fields or cardinalities)")
+    vocab = np.load(vocab_path, mmap_mode="r")
+    if len(vocab) != sum(c - 1 for c in cards):
+        raise ExportError(f"{vocab_path}: {len(vocab)} keys where the cardinalities give {sum(c - 1 for c in cards)}")
+    shutil.copyfile(vocab_path, out / VOCAB_NAME)
+    offsets = np.concatenate([[0], np.cumsum([c - 1 for c in cards])[:-1]]).astype(int).tolist() if cards else []
+    return {
+        "file": VOCAB_NAME,
+        "fields": list(meta["cat_names"]),
+        "cardinalities": cards,
+        "offsets": offsets,
+        "oov_index": 0,
+        "layout": "int64 keys; field f's key of index i (1..cardinality-1) is vocab[offsets[f] + i - 1]; "
+                  "keys not in a field's vocabulary map to the OOV index 0",
+        "keys": f"the {type(source).__name__} parser's int64 encoding of raw categories",
+        "cache": str(cache),
+    }
+
+
+def export(target: str | Path, out: str | Path | None = None) -> dict:
+    net, spec, ckpt = load_collapsed(target)
+    out = Path(out) if out else locate(target)[0] / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    schema = spec["schema"]
+    vocabulary = copy_vocabulary(spec["data"], schema, out)  # first: a missing cache fails fast
+    n_dense, n_fields = len(schema["dense_names"]), len(schema["cardinalities"])
+    example = (torch.zeros(2, n_dense), torch.zeros(2, n_fields, dtype=torch.long))
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(net, example, dynamic_shapes={"dense": {0: batch}, "cat": {0: batch}})
+    torch.export.save(program, out / EXPORT_NAME)
+
+    embedding_params = sum(p.numel() for p in net.embedding.parameters())
+    reference = SingleLayerEmbedding(schema["cardinalities"], spec["dim"])
+    sizes = {
+        "embedding_parameters": embedding_params,
+        "single_layer_embedding_parameters": sum(p.numel() for p in reference.parameters()),
+        "model_parameters": sum(p.numel() for p in net.model.parameters()),
+        "file_bytes": (out / EXPORT_NAME).stat().st_size,
+    }
+    spec = {**spec, "checkpoint": str(ckpt), "sizes": sizes, "inputs": ["dense[B, D] float32", "cat[B, F] int64"],
+            "vocabulary": vocabulary}
+    if vocabulary is None:
+        spec["vocabulary_note"] = (f"{spec['data'].get('_target_')} has no raw file format: inputs are already "
+                                   "category indices (no vocabulary; mlet-predict does not apply)")
+    write_record(out / SPEC_NAME, spec)
+    return spec
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlet-export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("target", help="a run directory or a checkpoint file inside one")
+    parser.add_argument("--out", help="output directory (default: <run dir>/export)")
+    args = parser.parse_args(argv)
+    try:
+        spec = export(args.target, args.out)
+    except (ExportError, FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
+        print(f"mlet-export: error: {exc}", file=sys.stderr)
+        return 2
+    s = spec["sizes"]
+    out = Path(args.out) if args.out else locate(args.target)[0] / "export"
+    print(f"exported {spec['embedding']} d={spec['dim']} (collapsed) from {spec['checkpoint']} to {out}")
+    print(f"  embedding parameters: {s['embedding_parameters']:,} "
+          f"(a single-layer embedding of d={spec['dim']}: {s['single_layer_embedding_parameters']:,})")
+    print(f"  model parameters: {s['model_parameters']:,}; file: {s['file_bytes']:,} bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Wide & Deep (Cheng et al., 2016, "Wide & Deep Learning for Recommender Systems").
+
+``wide_arch([flatten(embedded), dense]) + deep_arch([flatten(embedded), dense])``: the wide part
+is the first-order term (:class:`~mlet.models.layers.FirstOrder`, no bias; the DNN's output
+layer has one), as in BARS/FuxiCTR's ``WideDeep``, which also drops the paper's hand-made
+cross-product features. The paper feeds dense features to the deep part; they also get wide
+weights here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mlet.models.layers import MLP, FirstOrder, check_contract, flat_input
+
+
+class WDL(nn.Module):
+    """Args:
+    num_fields: categorical fields F.
+    embed_dim: embedding dimension d (from the embedding module).
+    num_dense: dense features D.
+    hidden: DNN widths.
+    dropout, batch_norm, activation: of the DNN.
+    """
+
+    def __init__(
+        self,
+        num_fields: int,
+        embed_dim: int,
+        num_dense: int = 0,
+        hidden: Sequence[int] = (400, 400, 400),
+        dropout: float = 0.1,
+        batch_norm: bool = True,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        check_contract("WDL", num_fields, embed_dim, num_dense)
+        self.wide_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False)
+        self.deep_arch = MLP(
+            num_fields * embed_dim + num_dense, hidden, 1, activation=activation, dropout=dropout, batch_norm=batch_norm
+        )
+
+    def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return self.wide_arch(embedded, dense) + self.deep_arch(flat_input(embedded, dense)).squeeze(-1)

@@ -1,0 +1,294 @@
+"""Sweeps that can be interrupted and started again.
+
+* Deterministic job directories: a sweep job's output directory is named by what the job is,
+  ``<data>-<model>-<embedding>-d<dim>[-k<inner_dim>]-s<seed>[-<hash>]`` (``hydra.sweep.subdir:
+  ${mlet.job_dir:}``), so a restarted sweep finds its earlier jobs. The hash (8 hex digits) covers
+  every other override of the job (``optimizer.lr=0.1``, ``trainer.max_epochs=1``, ...), so jobs
+  differing in anything else never share a directory. A single-layer job's name has no ``k``:
+  ``embedding.inner_dim`` is ignored by a single-layer table, so the single-layer jobs of a sweep
+  over k are one job, run once.
+* Skipping (``skip_reason``, called first thing in ``mlet.train.run``): a job whose directory
+  already holds a ``record.json`` is skipped ("skipped: record exists"), unless ``force=true``;
+  a single-layer job whose record was written by the same job with another (ignored) inner_dim is
+  skipped as a duplicate; inside a multirun, an MLET job with ``inner_dim < dim`` is skipped as
+  invalid (a single run with it still fails with the embedding's error).
+* Every job's outcome (trained / exists / duplicate / invalid) is appended to
+  ``<sweep dir>/sweep_jobs.jsonl``; the Hydra callback :class:`SweepSummary` logs the counts when
+  the multirun ends.
+* wandb naming: ``${mlet.run_name:}`` (the job name without the hash), ``${mlet.sweep_group:}``
+  (the sweep directory's name in a multirun, else null) and ``${mlet.run_tags:}`` (``data:...``,
+  ``model:...``, ``embedding:...``, ``d:...``, ``k:...`` plus the config's ``tags``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from mlet.records import RECORD_NAME, read_record
+
+log = logging.getLogger("mlet.sweep")
+
+JOBS_LOG = "sweep_jobs.jsonl"
+# Overrides that are part of a job's name, or change nothing in its result: kept out of the hash.
+NAMED_KEYS = {"data", "model", "embedding", "embedding.dim", "embedding.inner_dim", "seed"}
+NEUTRAL_KEYS = {"sweep", "force", "tags", "logger", "trainer.enable_progress_bar"}
+NEUTRAL_PREFIXES = ("hydra.", "logger.", "paths.")
+SKIP_MESSAGES = {
+    "exists": "record exists",
+    "duplicate": "duplicate",
+    "invalid": "invalid combination",
+}
+
+
+# ---- what a job is ---------------------------------------------------------------------------
+def _hydra_node(root: DictConfig | None) -> DictConfig | None:
+    if root is not None and "hydra" in root:
+        return root.hydra
+    if HydraConfig.initialized():
+        return HydraConfig.get()
+    return None
+
+
+def _choice(hydra_node: DictConfig | None, group: str, cfg: DictConfig) -> str:
+    if hydra_node is not None:
+        choice = OmegaConf.select(hydra_node, f"runtime.choices.{group}", default=None)
+        if choice:
+            return str(choice)
+    target = OmegaConf.select(cfg, f"{group}._target_", default=None)
+    return str(target).rsplit(".", 1)[-1] if target else "none"
+
+
+def ignores_inner_dim(cfg: DictConfig) -> bool:
+    """A single-layer table accepts ``embedding.inner_dim`` and ignores it."""
+    return str(OmegaConf.select(cfg, "embedding._target_", default="")).endswith("SingleLayerEmbedding")
+
+
+def identity(cfg: DictConfig) -> dict[str, Any]:
+    """The axes a sweep varies: data, model, embedding, dim, inner_dim (None when ignored), seed."""
+    node = _hydra_node(cfg)
+    k = OmegaConf.select(cfg, "embedding.inner_dim", default=None)
+    return {
+        "data": _choice(node, "data", cfg),
+        "model": _choice(node, "model", cfg),
+        "embedding": _choice(node, "embedding", cfg),
+        "dim": OmegaConf.select(cfg, "embedding.dim", default=None),
+        "inner_dim": None if ignores_inner_dim(cfg) else k,
+        "seed": OmegaConf.select(cfg, "seed", default=None),
+    }
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("~+")
+
+
+def other_overrides(task_overrides: list[str]) -> list[str]:
+    """The job's overrides that its name does not already say and that can change its result."""
+    out = []
+    for o in task_overrides:
+        key = _override_key(o)
+        if key in NAMED_KEYS or key in NEUTRAL_KEYS or key.startswith(NEUTRAL_PREFIXES):
+            continue
+        out.append(o)
+    return sorted(out)
+
+
+def run_name(cfg: DictConfig) -> str:
+    ident = identity(cfg)
+    parts = [ident["data"], ident["model"], ident["embedding"], f"d{ident['dim']}"]
+    if ident["inner_dim"] is not None:
+        parts.append(f"k{ident['inner_dim']}")
+    parts.append(f"s{ident['seed']}")
+    return "-".join(str(p) for p in parts)
+
+
+def job_dir_name(cfg: DictConfig) -> str:
+    """``run_name`` plus, when the job has other overrides, a hash of them."""
+    node = _hydra_node(cfg)
+    overrides = list(OmegaConf.select(node, "overrides.task", default=[]) or []) if node is not None else []
+    extra = other_overrides([str(o) for o in overrides])
+    name = run_name(cfg)
+    if extra:
+        name += "-" + hashlib.sha1("\n".join(extra).encode()).hexdigest()[:8]
+    return name
+
+
+def sweep_group() -> str | None:
+    """The sweep directory's name inside a multirun (one wandb group per sweep), else None."""
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    return Path(str(hc.sweep.dir)).name
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    ident = identity(cfg)
+    tags = [f"data:{ident['data']}", f"model:{ident['model']}", f"embedding:{ident['embedding']}",
+            f"d:{ident['dim']}"]
+    if ident["inner_dim"] is not None:
+        tags.append(f"k:{ident['inner_dim']}")
+    user = OmegaConf.select(cfg, "tags", default=None) or []
+    return tags + [str(t) for t in user if str(t) not in tags]
+
+
+def launch_dir() -> str:
+    """The directory mlet-train was started from: Hydra's ``runtime.cwd`` inside a job, the
+    process's working directory before Hydra is set up (the multirun's sweep directory is resolved
+    there, where ``${hydra:runtime.cwd}`` fails with "HydraConfig was not set")."""
+    if HydraConfig.initialized():
+        cwd = OmegaConf.select(HydraConfig.get(), "runtime.cwd", default=None)
+        if cwd:
+            return str(cwd)
+    return os.getcwd()
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("mlet.launch_dir", launch_dir, replace=True)
+    OmegaConf.register_new_resolver(
+        "mlet.choice", lambda group, *, _root_: _choice(_hydra_node(_root_), str(group), _root_), replace=True
+    )
+    OmegaConf.register_new_resolver("mlet.job_dir", lambda *, _root_: job_dir_name(_root_), replace=True)
+    OmegaConf.register_new_resolver("mlet.run_name", lambda *, _root_: run_name(_root_), replace=True)
+    OmegaConf.register_new_resolver("mlet.sweep_group", lambda: sweep_group(), replace=True)
+    OmegaConf.register_new_resolver("mlet.run_tags", lambda *, _root_: run_tags(_root_), replace=True)
+
+
+# ---- skipping finished, duplicate and invalid jobs ---------------------------------------------
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, dict | None] | None:
+    """``(status, reason, existing record or None)`` when the job should not train, else None.
+
+    Cheap: reads the config and at most one ``record.json``; builds nothing.
+    """
+    dim = OmegaConf.select(cfg, "embedding.dim", default=None)
+    k = OmegaConf.select(cfg, "embedding.inner_dim", default=None)
+    if (_multirun() and not ignores_inner_dim(cfg) and isinstance(dim, int) and isinstance(k, int)
+            and k < dim):
+        return "invalid", f"invalid: embedding.inner_dim={k} < embedding.dim={dim} (MLET needs inner_dim >= dim)", None
+    path = output_dir / RECORD_NAME
+    if cfg.get("force", False) or not path.is_file():
+        return None
+    try:
+        existing = read_record(path)
+    except (ValueError, OSError) as exc:
+        log.warning("retraining: %s is unreadable (%s)", path, exc)
+        return None
+    if ignores_inner_dim(cfg):
+        old_k = OmegaConf.select(OmegaConf.create(existing.get("config") or {}), "embedding.inner_dim", default=None)
+        if old_k != k:
+            return ("duplicate", f"duplicate: a single-layer table ignores embedding.inner_dim; the same job ran "
+                    f"with inner_dim={old_k} and its record exists: {path}", existing)
+    return "exists", f"record exists: {path} (force=true retrains)", existing
+
+
+LOCK_NAME = ".running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def job_lock(output_dir: Path):
+    """Yields ``None`` when this process holds the job directory, else why it may not.
+
+    A job directory is held through ``<dir>/.running`` (created exclusively, holding host and pid),
+    so two sweeps started on the same output root never train the same job at once or write over
+    each other's records. A lock left by a dead process of this host is taken over.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = output_dir / LOCK_NAME
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            yield (f"running elsewhere: {output_dir} is held by pid {holder.get('pid')} on "
+                   f"{holder.get('host')} ({lock}; delete it if that run is gone)")
+            return
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        try:
+            yield None
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    yield f"could not take {lock}"
+
+
+def note_outcome(output_dir: Path, status: str, reason: str | None = None) -> None:
+    """Log a skipped job, and in a multirun append the outcome to ``<sweep dir>/sweep_jobs.jsonl``."""
+    if status != "trained":
+        log.info("skipped: %s", reason or status)
+    if not _multirun():
+        return
+    sweep_dir = Path(str(HydraConfig.get().sweep.dir))
+    line = json.dumps({"time": time.time(), "job": output_dir.name, "status": status, "reason": reason})
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / JOBS_LOG, "a") as fh:
+        fh.write(line + "\n")
+
+
+def summarize(sweep_dir: Path, since: float = 0.0) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    path = Path(sweep_dir) / JOBS_LOG
+    if not path.is_file():
+        return counts
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("time", 0) >= since:
+            counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    return counts
+
+
+class SweepSummary(Callback):
+    """Hydra callback: logs how many jobs of the multirun trained and how many were skipped, why."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        counts = summarize(sweep_dir, self.started)
+        total = sum(counts.values())
+        parts = [f"{counts.get('trained', 0)} trained"]
+        for status in ("exists", "duplicate", "invalid"):
+            if counts.get(status):
+                parts.append(f"{counts[status]} skipped ({SKIP_MESSAGES[status]})")
+        log.info("sweep summary: %d jobs: %s; outcomes in %s", total, ", ".join(parts), sweep_dir / JOBS_LOG)

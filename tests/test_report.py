@@ -1,0 +1,228 @@
+"""``mlet-report`` on fabricated run records whose tables are worked out by hand below."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mlet.records import write_record
+from mlet.report import build_report, main
+
+# (model, embedding, k, d) -> test AUC per seed (None: that seed is missing)
+AUC = {
+    # m1: single-layer reference at d=16 is mean(0.78, 0.80) = 0.79 (seed 2 missing);
+    # MLET k=64: d=4 -> 0.787 (< 0.79), d=8 -> 0.80 (>= 0.79): factor 16/8 = 2;
+    # MLET k=16 (only d=8, two seeds): 0.795 -> factor 2.
+    ("m1", "single", None, 4): [0.70, 0.71, 0.72],
+    ("m1", "single", None, 16): [0.78, 0.80, None],
+    ("m1", "mlet", 64, 4): [0.785, 0.787, 0.789],
+    ("m1", "mlet", 64, 8): [0.80, 0.80, 0.80],
+    ("m1", "mlet", 16, 8): [0.795, 0.795, None],
+    # m2: reference 0.75 at d=16; MLET tops out at 0.74: never.
+    ("m2", "single", None, 4): [0.70],
+    ("m2", "single", None, 16): [0.75],
+    ("m2", "mlet", 64, 4): [0.70],
+    ("m2", "mlet", 64, 8): [0.74],
+    # m3: reference 0.76 at d=16; MLET d=2 already 0.77: factor 8.
+    ("m3", "single", None, 16): [0.76],
+    ("m3", "mlet", 64, 2): [0.77],
+    ("m3", "mlet", 64, 4): [0.775],
+}
+
+
+def _record(model, emb, k, d, seed, auc, **extra):
+    return {
+        "status": "completed", "data": "ds", "model": model, "embedding": emb, "dim": d,
+        "inner_dim": k, "seed": seed, "val_auc": auc, "test_auc": auc, "test_logloss": 1.0 - auc,
+        "config": {"embedding": {"dim": d, "inner_dim": k if k is not None else 64}, "optimizer": {"lr": 0.1}},
+        **extra,
+    }
+
+
+def _buckets(aucs):
+    labels = ["0", "1-10", "11-100", "101-1000", ">1000"]
+    return [{"bucket": b, "low": 0, "high": None, "rows": 10 * (i + 1), "positives": 3,
+             "auc": a, "logloss": None if a is None else 1 - a} for i, (b, a) in enumerate(zip(labels, aucs))]
+
+
+def _spectrum(eranks):
+    return [{"field": f"C{i}", "rows": 10, "dim": 4, "singular_values": [2.0, 1.0, 0.5, 0.1],
+             "effective_rank": e} for i, e in enumerate(eranks)]
+
+
+@pytest.fixture
+def records_dir(tmp_path):
+    root = tmp_path / "runs"
+    for (model, emb, k, d), aucs in AUC.items():
+        for seed, auc in enumerate(aucs):
+            if auc is None:
+                continue
+            extra = {}
+            if model == "m1" and d == 4 and (k in (None, 64)):
+                # bucket "1-10": single 0.60 / 0.62 / 0.64 (mean 0.62), MLET 0.65 on every seed
+                rare = 0.60 + 0.02 * seed if emb == "single" else 0.65
+                extra["buckets"] = _buckets([None, rare, 0.7, 0.75, 0.8])
+                extra["bucket_field"] = "rarest"
+                # effective rank: mean over the 2 fields: single 2.0, MLET 3.0 (+ seed/10 each)
+                base = 2.0 if emb == "single" else 3.0
+                extra["spectrum"] = _spectrum([base - 0.5 + seed / 10, base + 0.5 + seed / 10])
+            name = f"{model}-{emb}-d{d}-k{k}-s{seed}"
+            write_record(root / name / "record.json", _record(model, emb, k, d, seed, auc, **extra))
+    return root
+
+
+def _row(df, **match):
+    sel = df
+    for key, value in match.items():
+        sel = sel[sel[key].isna()] if value is None else sel[sel[key] == value]
+    assert len(sel) == 1, (match, sel)
+    return sel.iloc[0]
+
+
+def test_auc_vs_dim_mean_std_and_seeds(records_dir, tmp_path):
+    res = build_report([records_dir], tmp_path / "report", plots=False)
+    t = res["auc_vs_dim"]
+    r = _row(t, model="m1", embedding="single", k=None, dim=4)
+    assert r["auc_mean"] == pytest.approx(0.71) and r["auc_std"] == pytest.approx(0.01)
+    assert r["logloss_mean"] == pytest.approx(0.29) and r["seeds"] == 3
+    r = _row(t, model="m1", embedding="single", k=None, dim=16)  # seed 2 missing
+    assert r["auc_mean"] == pytest.approx(0.79) and r["auc_std"] == pytest.approx(math.sqrt(2) * 0.01)
+    assert r["seeds"] == 2
+    r = _row(t, model="m2", embedding="mlet", k=64, dim=8)
+    assert r["seeds"] == 1 and math.isnan(r["auc_std"])
+    assert len(t) == len(AUC)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| ds | m1 | single | - | 16 | 0.7900 ± 0.0141 | 0.2100 ± 0.0141 | 2 (missing seeds) |" in md
+
+
+def test_dimension_reduction_table_by_hand(records_dir, tmp_path):
+    res = build_report([records_dir], tmp_path / "report", plots=False)
+    red = res["dim_reduction"]
+    assert len(red) == 4  # (m1, k=16), (m1, k=64), (m2, k=64), (m3, k=64)
+    r = _row(red, model="m1", k=64)
+    assert r["reference_dim"] == 16 and r["reference_auc"] == pytest.approx(0.79)
+    assert r["mlet_dim"] == 8 and r["factor"] == 2 and r["mlet_auc"] == pytest.approx(0.80)
+    r = _row(red, model="m1", k=16)
+    assert r["mlet_dim"] == 8 and r["factor"] == 2
+    r = _row(red, model="m2", k=64)
+    assert r["mlet_dim"] == "never" and not r["reached"] and math.isnan(r["factor"])
+    r = _row(red, model="m3", k=64)
+    assert r["mlet_dim"] == 2 and r["factor"] == 8
+    summary = res["dim_reduction_summary"]
+    for data in ("ds", "all"):
+        s = _row(summary, data=data)
+        assert (s["pairs"], s["reached"]) == (4, 3)
+        assert s["max_factor"] == 8 and s["mean_factor"] == pytest.approx((2 + 2 + 8) / 3)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| ds | m2 | 64 | 16 | 0.7500 | never | - | - | best MLET AUC 0.7400 |" in md
+    assert "| ds | 3/4 | 8x | 4.00x |" in md
+
+
+def test_tolerance_and_reference_dim(records_dir, tmp_path):
+    res = build_report([records_dir], tmp_path / "tol", tolerance=0.005, plots=False)
+    red = res["dim_reduction"]
+    assert _row(red, model="m1", k=64)["mlet_dim"] == 4  # 0.787 >= 0.79 - 0.005
+    assert _row(red, model="m1", k=64)["factor"] == 4
+    assert _row(red, model="m2", k=64)["mlet_dim"] == "never"  # 0.74 < 0.745
+    res = build_report([records_dir], tmp_path / "ref", reference_dim=4, plots=False)
+    red = res["dim_reduction"]
+    r = _row(red, model="m1", k=64)
+    assert r["reference_auc"] == pytest.approx(0.71) and r["mlet_dim"] == 4 and r["factor"] == 1
+    r = _row(red, model="m3", k=64)  # m3 has no single-layer run at d=4
+    assert r["reference_auc"] is None or math.isnan(r["reference_auc"])
+    assert "no single-layer run at d=4" in r["note"]
+
+
+def test_auc_vs_inner_dim(records_dir, tmp_path):
+    inner = build_report([records_dir], tmp_path / "report", plots=False)["auc_vs_inner_dim"]
+    assert list(inner["k"]) == [16, 64]  # only (m1, d=8) was run with two k
+    assert list(inner["auc_mean"]) == pytest.approx([0.795, 0.80])
+    assert list(inner["seeds"]) == [2, 3]
+    assert inner["single_auc_mean"].isna().all()  # no single-layer run at d=8
+
+
+def test_buckets_and_spectrum_single_vs_mlet(records_dir, tmp_path):
+    res = build_report([records_dir], tmp_path / "report", plots=False)
+    cmp = res["buckets_compare"]
+    r = _row(cmp, model="m1", dim=4, k=64, bucket="1-10")
+    assert r["single_auc"] == pytest.approx(0.62) and r["mlet_auc"] == pytest.approx(0.65)
+    assert r["auc_gain"] == pytest.approx(0.03) and r["logloss_gain"] == pytest.approx(0.03)
+    assert r["rows"] == 20
+    r = _row(cmp, model="m1", dim=4, k=64, bucket="0")
+    assert math.isnan(r["single_auc"])  # no AUC in that bucket
+    assert list(cmp[(cmp["model"] == "m1")]["bucket"]) == ["0", "1-10", "11-100", "101-1000", ">1000"]
+    spec = res["spectrum"]
+    r = _row(spec, model="m1", embedding="single", dim=4)
+    assert r["erank_mean"] == pytest.approx(2.1) and r["erank_std"] == pytest.approx(0.1)
+    assert r["erank_over_d"] == pytest.approx(2.1 / 4) and r["seeds"] == 3
+    assert _row(spec, model="m1", embedding="mlet", dim=4)["erank_mean"] == pytest.approx(3.1)
+    assert len(res["spectrum_fields"]) == 2 * 6
+
+
+def test_duplicates_and_unreadable_records(records_dir, tmp_path):
+    # the same run (m3, mlet, k=64, d=2, seed 0) found again in a second directory, with another AUC
+    other = tmp_path / "again"
+    write_record(other / "x" / "record.json", _record("m3", "mlet", 64, 2, 0, 0.70))
+    (other / "broken").mkdir()
+    (other / "broken" / "record.json").write_text("{not json")
+    res = build_report([records_dir, other], tmp_path / "report", plots=False)
+    assert _row(res["auc_vs_dim"], model="m3", embedding="mlet", dim=2)["auc_mean"] == pytest.approx(0.70)
+    assert any("duplicate run" in w for w in res["warnings"])
+    assert any("unreadable" in w for w in res["warnings"])
+
+
+def test_by_config_key_splits_tables(records_dir, tmp_path):
+    write_record(tmp_path / "lr" / "a" / "record.json",
+                 {**_record("m3", "mlet", 64, 2, 0, 0.5), "config": {"optimizer": {"lr": 0.01}}})
+    res = build_report([records_dir, tmp_path / "lr"], tmp_path / "report", by=["optimizer.lr"], plots=False)
+    t = res["auc_vs_dim"]
+    assert _row(t, **{"optimizer.lr": 0.01})["auc_mean"] == 0.5
+    assert _row(t, model="m3", embedding="mlet", dim=2, **{"optimizer.lr": 0.1})["auc_mean"] == pytest.approx(0.77)
+
+
+def test_cli_writes_markdown_csv_and_png(records_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(records_dir), "--out", str(out), "--tolerance", "0.001"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"report.md", "runs.csv", "auc_vs_dim.csv", "dim_reduction.csv", "dim_reduction_summary.csv",
+            "auc_vs_inner_dim.csv", "buckets_compare.csv", "spectrum.csv"} <= names
+    assert {"auc_vs_dim_ds_m1.png", "auc_vs_dim_ds_m2.png", "auc_vs_dim_ds_m3.png", "auc_vs_k_ds_m1_d8.png",
+            "buckets_ds_m1.png", "effective_rank_ds_m1.png"} <= names
+    assert (out / "auc_vs_dim_ds_m1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_no_records_is_one_line_error(tmp_path, capsys):
+    assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "no run records" in capsys.readouterr().err
+
+
+def test_learning_rate_tuned_report_compares_best_tuned_arms(tmp_path):
+    """Each arm is reported at the lr with the best mean validation AUC, test AUC playing no part.
+
+    single d=8: lr 0.01 val (0.70, 0.72) -> 0.71; lr 0.1 val (0.75, 0.73) -> 0.74: chosen 0.1,
+                although lr 0.01 has the better test AUC (0.90): test must not leak into the choice.
+    mlet   d=8: lr 0.01 val 0.76 -> chosen; lr 0.1 val 0.60.
+    """
+    grid = {
+        ("single", None, 0.01): [(0.70, 0.90), (0.72, 0.90)],
+        ("single", None, 0.1): [(0.75, 0.741), (0.73, 0.739)],
+        ("mlet", 64, 0.01): [(0.76, 0.751), (0.76, 0.749)],
+        ("mlet", 64, 0.1): [(0.60, 0.60), (0.60, 0.60)],
+    }
+    for (emb, k, lr), runs in grid.items():
+        for seed, (val, test) in enumerate(runs):
+            rec = _record("m", emb, k, 8, seed, test)
+            rec["val_auc"] = val
+            rec["config"]["optimizer"]["lr"] = lr
+            write_record(tmp_path / "runs" / f"{emb}-{lr}-{seed}" / "record.json", rec)
+    result = build_report([tmp_path / "runs"], tmp_path / "report", tune="optimizer.lr", plots=False)
+    chosen = result["tuning"][result["tuning"]["chosen"]]
+    assert dict(zip(chosen["embedding"], chosen["optimizer.lr"])) == {"single": 0.1, "mlet": 0.01}
+    table = result["auc_vs_dim"].set_index("embedding")
+    assert table.loc["single", "auc_mean"] == pytest.approx(0.74)
+    assert table.loc["mlet", "auc_mean"] == pytest.approx(0.75)
+    assert table.loc["single", "seeds"] == 2
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Tuning of `optimizer.lr` per arm" in md and "**chosen**" in md
+    assert (tmp_path / "report" / "tuning.csv").is_file()

@@ -1,0 +1,234 @@
+"""Sweep presets, deterministic job directories, resume-skip, and a sweep end to end with its report."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import open_dict, read_write
+
+from mlet import sweep
+from mlet.records import write_record
+from mlet.report import main as report_main
+from mlet.train import run
+from tests.conftest import TINY, compose_cfg, run_cli
+
+
+def _multirun(cfg, sweep_dir):
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = str(sweep_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def _name(overrides, tmp_path):
+    cfg = compose_cfg(overrides, tmp_path)
+    assert list(cfg.hydra.overrides.task) == [o for o in overrides if not o.startswith("hydra.")]
+    return sweep.job_dir_name(cfg)
+
+
+def test_job_names_are_deterministic(tmp_path):
+    assert _name(["embedding=mlet", "embedding.dim=4", "embedding.inner_dim=64", "seed=1"], tmp_path) == \
+        "synthetic-dlrm-mlet-d4-k64-s1"
+    # a single-layer table ignores k: one name whatever k is
+    a = _name(["embedding=single", "embedding.dim=4", "embedding.inner_dim=16"], tmp_path)
+    b = _name(["embedding=single", "embedding.dim=4", "embedding.inner_dim=32"], tmp_path)
+    assert a == b == "synthetic-dlrm-single-d4-s0"
+    # other overrides add a hash; overrides that change nothing in the result do not
+    c = _name(["embedding=single", "embedding.dim=4", "optimizer.lr=0.1"], tmp_path)
+    d = _name(["optimizer.lr=0.1", "embedding=single", "embedding.dim=4", "logger=none", "+sweep=dims",
+               "trainer.enable_progress_bar=false", "force=true"], tmp_path)
+    e = _name(["embedding=single", "embedding.dim=4", "optimizer.lr=0.2"], tmp_path)
+    assert re.fullmatch(r"synthetic-dlrm-single-d4-s0-[0-9a-f]{8}", c)
+    assert c == d and c != e
+    # the inner sweep's k=64 job is the dims sweep's MLET job (scripts/reproduce_paper.sh relies on it)
+    common = ["optimizer=sgd", "optimizer.lr=0.2", "embedding=mlet", "embedding.init=authors", "embedding.dim=4"]
+    dims = _name(["+sweep=dims", *common, "embedding.inner_dim=64"], tmp_path)
+    inner = _name(["+sweep=inner", *common, "hydra.sweep.dir=x", "embedding.inner_dim=64"], tmp_path)
+    assert dims == inner
+
+
+def test_presets_compose(tmp_path):
+    for name, n_jobs in (("dims", 2 * 6 * 1 * 3), ("inner", 2 * 1 * 9 * 3)):
+        cfg = compose_cfg([f"+sweep={name}"], tmp_path)
+        params = cfg.hydra.sweeper.params
+        sizes = [len(str(v).split(",")) for v in params.values()]
+        assert sizes and int(__import__("math").prod(sizes)) == n_jobs, (name, dict(params))
+    cfg = compose_cfg(["+sweep=quick", "data=synthetic"], tmp_path)  # MovieLens by default
+    assert cfg.trainer.max_epochs == 4 and cfg.trainer.accelerator == "cpu"
+    assert "data" not in cfg.hydra.sweeper.params
+    assert cfg.hydra.runtime.choices.data == "synthetic"
+
+
+def test_skip_reasons(tmp_path):
+    out = tmp_path / "job"
+    # invalid MLET combination: skipped inside a multirun only
+    cfg = compose_cfg(["embedding=mlet", "embedding.dim=8", "embedding.inner_dim=4"], out)
+    assert sweep.skip_reason(cfg, out) is None  # a single run fails in the embedding instead
+    cfg = _multirun(cfg, tmp_path)
+    status, reason, _ = sweep.skip_reason(cfg, out)
+    assert status == "invalid" and "inner_dim=4 < embedding.dim=8" in reason
+
+    cfg = compose_cfg(["embedding=single", "embedding.inner_dim=32"], out)
+    assert sweep.skip_reason(cfg, out) is None  # no record yet
+    write_record(out / "record.json", {"val_auc": 0.7, "config": {"embedding": {"inner_dim": 16}}})
+    status, reason, existing = sweep.skip_reason(cfg, out)
+    assert status == "duplicate" and "inner_dim=16" in reason and existing["val_auc"] == 0.7
+    cfg = compose_cfg(["embedding=single", "embedding.inner_dim=16"], out)
+    assert sweep.skip_reason(cfg, out)[0] == "exists"
+    cfg = compose_cfg(["embedding=single", "embedding.inner_dim=16", "force=true"], out)
+    assert sweep.skip_reason(cfg, out) is None
+
+
+def test_run_skips_a_finished_job_unless_forced(tmp_path, caplog):
+    cfg = compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path)
+    first = run(cfg)
+    path = tmp_path / "record.json"
+    mtime = path.stat().st_mtime_ns
+    assert first["status"] == "completed" and "buckets" in first and "spectrum" in first
+    with caplog.at_level("INFO", logger="mlet.sweep"):
+        again = run(compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path))
+    assert again["status"] == "skipped" and again["skipped"] == "exists"
+    assert again["test_auc"] == first["test_auc"]
+    assert path.stat().st_mtime_ns == mtime
+    assert "skipped: record exists" in caplog.text
+    forced = run(compose_cfg([*TINY, "trainer.max_epochs=1", "force=true"], tmp_path))
+    assert forced["status"] == "completed" and path.stat().st_mtime_ns > mtime
+
+
+def test_wandb_names_groups_and_tags(tmp_path):
+    cfg = compose_cfg(["logger=wandb", "embedding=mlet", "embedding.dim=4", "embedding.inner_dim=32", "seed=2",
+                       "tags=[mine]"], tmp_path)
+    wb = cfg.logger.wandb
+    assert wb.name == "synthetic-dlrm-mlet-d4-k32-s2"
+    assert wb.group is None  # a single run has no sweep
+    assert list(wb.tags) == ["data:synthetic", "model:dlrm", "embedding:mlet", "d:4", "k:32", "mine"]
+    cfg = _multirun(cfg, tmp_path / "sweeps" / "dims_synthetic")
+    assert cfg.logger.wandb.group == "dims_synthetic"
+    assert sweep.identity(cfg) == {"data": "synthetic", "model": "dlrm", "embedding": "mlet", "dim": 4,
+                                   "inner_dim": 32, "seed": 2}
+
+
+def test_sweep_end_to_end_resumes_and_reports(tmp_path):
+    """The quick preset on synthetic data, two jobs (single and MLET at d=4): run, run again (nothing
+    retrains), then mlet-report on the sweep directory."""
+    args = ["-m", "+sweep=quick", "data=synthetic", *TINY, "embedding.dim=4", "seed=0", "trainer.max_epochs=1"]
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_dir = tmp_path / "outputs" / "sweeps" / "quick_synthetic"  # deterministic: named by preset and data
+    records = sorted(sweep_dir.glob("*/record.json"))
+    assert [p.parent.name.split("-")[2:5] for p in records] == [["mlet", "d4", "k16"], ["single", "d4", "s0"]]
+    mtimes = [p.stat().st_mtime_ns for p in records]
+    log = proc.stdout + proc.stderr
+    assert "sweep summary: 2 jobs: 2 trained" in log
+
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert log.count("skipped: record exists") == 2
+    assert "sweep summary: 2 jobs: 0 trained, 2 skipped (record exists)" in log
+    assert [p.stat().st_mtime_ns for p in sorted(sweep_dir.glob("*/record.json"))] == mtimes
+    outcomes = [json.loads(line)["status"] for line in (sweep_dir / "sweep_jobs.jsonl").read_text().splitlines()]
+    assert outcomes == ["trained", "trained", "exists", "exists"]
+
+    out = tmp_path / "report"
+    assert report_main([str(sweep_dir), "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"report.md", "runs.csv", "auc_vs_dim.csv", "dim_reduction.csv", "buckets_compare.csv", "spectrum.csv",
+            "auc_vs_dim_synthetic_dlrm.png", "buckets_synthetic_dlrm.png",
+            "effective_rank_synthetic_dlrm.png"} <= names
+    md = (out / "report.md").read_text()
+    assert "| synthetic | dlrm | single | - | 4 |" in md and "| synthetic | dlrm | mlet | 16 | 4 |" in md
+    reduction = (out / "dim_reduction.csv").read_text().splitlines()
+    assert len(reduction) == 2 and reduction[1].startswith("synthetic,dlrm,16.0,4,")
+
+
+def test_reproduce_paper_script_dry_run():
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_paper.sh"), "/c/train.txt", "/a/train",
+                           "dlrm", "dcn"], env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 * (2 * 2 + 1) + 1
+    assert sum("data=criteo_kaggle data.path='/c/train.txt' data.protocol=dlrm" in line for line in lines) == 5
+    assert lines[-1].startswith("+ mlet-report outputs/sweeps/dims_criteo_kaggle outputs/sweeps/dims_avazu")
+
+
+def test_default_multirun_sweep_dir_resolves(tmp_path):
+    """`mlet-train -m ...` without hydra.sweep.dir: outputs/multiruns/<time>/<job name>/."""
+    proc = run_cli(["-m", *TINY, "embedding=single", "trainer.max_epochs=1", "data.rows=1000"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = list((tmp_path / "outputs" / "multiruns").glob("*/*/record.json"))
+    assert len(records) == 1 and records[0].parent.name.startswith("synthetic-dlrm-single-d4-s0-")
+
+
+def test_a_job_held_by_another_live_process_is_skipped_not_overwritten(tmp_path):
+    import json as _json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from mlet.sweep import LOCK_NAME, job_lock
+
+    job = tmp_path / "job"
+    job.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (job / LOCK_NAME).write_text(_json.dumps({"host": socket.gethostname(), "pid": other.pid}))
+        with job_lock(job) as held:
+            assert held is not None and f"pid {other.pid}" in held
+        assert (job / LOCK_NAME).exists()  # the other process's lock is left alone
+    finally:
+        other.kill()
+        other.wait()
+    # its process is gone: the stale lock is taken over, and released afterwards
+    with job_lock(job) as held:
+        assert held is None
+        assert _json.loads((job / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (job / LOCK_NAME).exists()
+
+
+def test_run_skips_a_job_another_process_is_training(tmp_path):
+    import json as _json
+    import socket
+
+    from mlet.sweep import LOCK_NAME
+    from mlet.train import run
+    from tests.conftest import TINY, compose_cfg
+
+    cfg = compose_cfg(TINY, tmp_path)
+    (tmp_path / LOCK_NAME).write_text(_json.dumps({"host": socket.gethostname(), "pid": 1}))  # pid 1 is alive
+    out = run(cfg)
+    assert out["status"] == "skipped" and out["skipped"] == "running"
+    assert not (tmp_path / "record.json").exists()
+
+
+def test_record_write_errors_surface(tmp_path, monkeypatch):
+    import errno
+    import os as _os
+
+    from mlet.train import run
+    from tests.conftest import TINY, compose_cfg
+
+    real_replace = _os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("record.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr("mlet.records.os.replace", full_disk)
+    cfg = compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path)
+    with pytest.raises(OSError, match="No space left"):
+        run(cfg)
+    assert not (tmp_path / "record.json").exists()
+    assert not list(tmp_path.glob(".record.*"))  # no half-written temporary left behind
