@@ -13,12 +13,16 @@ DLRM with BARS-sized MLPs (bottom and top 400-400-400, batch norm, dropout 0.2).
 4. seconds for the exact AUC (and logloss) over 5 million predictions;
 5. DataLoader workers: batches/s of the training loader with 0 and 2 worker processes.
 
-Every training configuration runs in its own subprocess (peak memory is that process's: resident
-set high-water mark above the level after data generation on a CPU, torch.cuda.max_memory_allocated
-on a GPU). A timing is the median of ``--repeats`` chunks of ``--steps`` steps after ``--warmup``
-steps; each row names the device it ran on. Compared configurations run back to back.
+Two configurations compared for speed run in one subprocess, in alternating chunks of
+``--steps`` steps (on a shared machine the load swings step times between processes far more than
+between neighbouring chunks; dense Adam at the large vocabulary needs ~15 GB and runs alone, in
+fewer steps); a timing is the median of ``--repeats`` chunks after ``--warmup``
+steps. Peak memory comes from a separate short run per configuration: the resident set's
+high-water mark above its level after data generation on a CPU (reset through
+/proc/self/clear_refs), torch.cuda.max_memory_allocated on a GPU. Every row names its device.
 
     python scripts/benchmark.py                       # 1M rows, items 1-5 (3 with 10M)
+    python scripts/benchmark.py --threads 1           # steadier on a machine shared with others
     python scripts/benchmark.py --large-vocab 0       # skip the 10M-row configurations
     python scripts/benchmark.py --vocab 10000000      # everything at 10M rows
 """
@@ -181,80 +185,84 @@ def optimizer_spec(name: str):
     return SparseAwareOptimizer(dense=partial(torch.optim.Adam), sparse=sparse, lr=1e-3)
 
 
-# ---- workers (one configuration per process) --------------------------------------------------
-def work_train(cfg: dict) -> dict:
-    import torch
+# ---- training loops ---------------------------------------------------------------------------
+class PlainRunner:
+    """A minimal hand-written training loop: the same model, Adam on the dense parameters and
+    (``sparse_adam``) SparseAdam on the table, batches gathered from in-memory tensors by a random
+    permutation, pinned and copied without blocking on a GPU. ``step()`` runs one batch."""
 
-    torch.manual_seed(0)
-    device = torch.device(cfg["device"])
-    warmup, steps, repeats, batch = cfg["warmup"], cfg["steps"], cfg["repeats"], cfg["batch"]
-    total_steps = warmup + repeats * steps + 1  # the extra step's start closes the last chunk
-    arrays = make_arrays(cfg["vocab"], total_steps * batch)
-    marks = {warmup + k * steps for k in range(repeats + 1)}
-    memory = PeakMemory(device)
-    memory.start()
-    if cfg["loop"] == "plain":
-        times = plain_loop(cfg, arrays, device, total_steps, marks)
-    else:
-        times = lightning_loop(cfg, arrays, device, total_steps, marks)
-    peak = memory.peak()
-    chunks = [b - a for a, b in zip(times, times[1:])]
-    step = statistics.median(chunks) / steps
-    return {"step_s": step, "samples_per_s": batch / step, "peak_bytes": peak, "chunks_s": chunks,
-            "device": str(device)}
+    def __init__(self, cfg: dict, device, arrays) -> None:
+        import torch
 
+        from mlet.module import CTRNet
 
-def plain_loop(cfg: dict, arrays, device, total_steps: int, marks: set[int]) -> list[float]:
-    """A minimal hand-written loop: the same model, Adam on dense and SparseAdam on the table."""
-    import torch
-    import torch.nn.functional as F
+        torch.manual_seed(0)
+        self.device, self.batch = device, cfg["batch"]
+        emb, model = build_net(cfg, arrays.cardinalities)
+        sparse = cfg["optimizer"] == "sparse_adam"
+        emb.sparse = sparse
+        self.net = CTRNet(emb, model).to(device).train()
+        table = {id(p) for p in emb.sparse_parameters()} if sparse else set()
+        self.opts = [torch.optim.Adam([p for p in self.net.parameters() if id(p) not in table], lr=1e-3)]
+        if sparse:
+            self.opts.append(torch.optim.SparseAdam(emb.sparse_parameters(), lr=1e-3))
+        train = arrays.splits["train"]
+        self.data = [torch.from_numpy(a) for a in (train.dense, train.cat, train.label)]
+        self.order = torch.randperm(len(train))
+        self.batches = len(train) // self.batch
+        self.i = 0
 
-    from mlet.module import CTRNet
+    def step(self) -> None:
+        import torch.nn.functional as F
 
-    emb, model = build_net(cfg, arrays.cardinalities)
-    sparse = cfg["optimizer"] == "sparse_adam"
-    emb.sparse = sparse
-    net = CTRNet(emb, model).to(device)
-    table = {id(p) for p in emb.sparse_parameters()} if sparse else set()
-    opts = [torch.optim.Adam([p for p in net.parameters() if id(p) not in table], lr=1e-3)]
-    if sparse:
-        opts.append(torch.optim.SparseAdam(emb.sparse_parameters(), lr=1e-3))
-    train = arrays.splits["train"]
-    dense_all, cat_all, label_all = (torch.from_numpy(a) for a in (train.dense, train.cat, train.label))
-    order = torch.randperm(len(train))
-    batch, times = cfg["batch"], []
-    net.train()
-    for i in range(total_steps):
-        idx = order[i * batch : (i + 1) * batch]
-        dense, cat, label = dense_all[idx], cat_all[idx], label_all[idx]
-        if device.type == "cuda":
-            dense, cat, label = (t.pin_memory().to(device, non_blocking=True) for t in (dense, cat, label))
-        if i in marks:
-            _sync(device)
-            times.append(time.perf_counter())
-        for opt in opts:
+        b = self.i % self.batches
+        self.i += 1
+        idx = self.order[b * self.batch : (b + 1) * self.batch]
+        dense, cat, label = (t[idx] for t in self.data)
+        if self.device.type == "cuda":
+            dense, cat, label = (t.pin_memory().to(self.device, non_blocking=True) for t in (dense, cat, label))
+        for opt in self.opts:
             opt.zero_grad(set_to_none=True)
-        loss = F.binary_cross_entropy_with_logits(net(dense, cat), label)
+        loss = F.binary_cross_entropy_with_logits(self.net(dense, cat), label)
         loss.backward()
-        for opt in opts:
+        for opt in self.opts:
             opt.step()
-    return times
+
+    def chunk(self, steps: int) -> float:
+        _sync(self.device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        _sync(self.device)
+        return time.perf_counter() - t
 
 
-def lightning_loop(cfg: dict, arrays, device, total_steps: int, marks: set[int]) -> list[float]:
+def lightning_fit(cfg: dict, device, arrays, total_steps: int, marks: set[int], between=None) -> list[float]:
+    """mlet's loop: CTRModule + Trainer.fit over CTRDataModule for ``total_steps`` steps. Returns
+    the start times of the Lightning chunks beginning at ``marks`` and their end times (pairs);
+    ``between()`` runs at every mark, outside the timed chunks (the interleaved plain loop)."""
     import pytorch_lightning as pl
 
     from mlet.data import CTRDataModule
     from mlet.module import CTRModule
 
+    last = max(marks)
+
     class ChunkTimer(pl.Callback):
         def __init__(self) -> None:
-            self.times: list[float] = []
+            self.spans: list[float] = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-            if batch_idx in marks:
-                _sync(device)
-                self.times.append(time.perf_counter())
+            if batch_idx not in marks:
+                return
+            _sync(device)
+            if batch_idx != min(marks):
+                self.spans.append(time.perf_counter())  # end of the chunk before this mark
+            if between is not None and batch_idx != last:
+                between()
+            _sync(device)
+            if batch_idx != last:
+                self.spans.append(time.perf_counter())  # start of the chunk after it
 
     emb, model = build_net(cfg, arrays.cardinalities)
     module = CTRModule(emb, model, optimizer=optimizer_spec(cfg["optimizer"]))
@@ -267,7 +275,73 @@ def lightning_loop(cfg: dict, arrays, device, total_steps: int, marks: set[int])
         enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
     )
     trainer.fit(module, datamodule=dm)
-    return timer.times
+    return [b - a for a, b in zip(timer.spans[::2], timer.spans[1::2])]
+
+
+# ---- workers (each runs in its own process) ---------------------------------------------------
+def _device(cfg: dict):
+    import torch
+
+    return torch.device(cfg["device"])
+
+
+def work_loops(cfg: dict) -> dict:
+    """Item 1's timing: mlet's Lightning loop and the plain loop in one process, alternating
+    chunks of ``steps`` steps (plain chunks run between Lightning's, outside its timing)."""
+    device = _device(cfg)
+    warmup, steps, repeats = cfg["warmup"], cfg["steps"], cfg["repeats"]
+    total = warmup + repeats * steps + 1
+    arrays = make_arrays(cfg["vocab"], total * cfg["batch"])
+    plain = PlainRunner(cfg, device, arrays)
+    for _ in range(warmup):
+        plain.step()
+    plain_chunks: list[float] = []
+    marks = {warmup + k * steps for k in range(repeats + 1)}
+    ours = lightning_fit(cfg, device, arrays, total, marks,
+                         between=lambda: plain_chunks.append(plain.chunk(steps)))
+    return {"mlet_step_s": statistics.median(ours) / steps, "plain_step_s": statistics.median(plain_chunks) / steps,
+            "mlet_chunks_s": ours, "plain_chunks_s": plain_chunks, "device": str(device)}
+
+
+def work_pair(cfg: dict) -> dict:
+    """Two plain-loop configurations in one process, chunks alternating ABBA ABBA ..."""
+    device = _device(cfg)
+    warmup, steps, repeats = cfg["warmup"], cfg["steps"], cfg["repeats"]
+    rows = (warmup + repeats * steps) * cfg["batch"]
+    runners = []
+    for key in ("a", "b"):
+        one = {**cfg, **cfg[key]}
+        runners.append(PlainRunner(one, device, make_arrays(one["vocab"], rows)))
+    for r in runners:
+        for _ in range(warmup):
+            r.step()
+    chunks: list[list[float]] = [[], []]
+    for rep in range(repeats):
+        for j in ((0, 1) if rep % 2 == 0 else (1, 0)):
+            chunks[j].append(runners[j].chunk(steps))
+    return {"a_step_s": statistics.median(chunks[0]) / steps, "b_step_s": statistics.median(chunks[1]) / steps,
+            "a_chunks_s": chunks[0], "b_chunks_s": chunks[1], "device": str(device)}
+
+
+def work_single(cfg: dict) -> dict:
+    """One configuration alone: peak memory (above the level after data generation) and step time."""
+    device = _device(cfg)
+    warmup, steps, repeats = cfg["warmup"], cfg["steps"], cfg["repeats"]
+    total = warmup + repeats * steps + 1
+    arrays = make_arrays(cfg["vocab"], total * cfg["batch"])
+    memory = PeakMemory(device)
+    memory.start()
+    if cfg["loop"] == "plain":
+        runner = PlainRunner(cfg, device, arrays)
+        for _ in range(warmup):
+            runner.step()
+        chunks = [runner.chunk(steps) for _ in range(repeats)]
+    else:
+        marks = {warmup + k * steps for k in range(repeats + 1)}
+        chunks = lightning_fit(cfg, device, arrays, total, marks)
+    peak = memory.peak()
+    return {"step_s": statistics.median(chunks) / steps, "chunks_s": chunks, "peak_bytes": peak,
+            "device": str(device)}
 
 
 def work_auc(cfg: dict) -> dict:
@@ -320,7 +394,7 @@ def work_loader(cfg: dict) -> dict:
     return out
 
 
-WORKERS = {"train": work_train, "auc": work_auc, "loader": work_loader}
+WORKERS = {"loops": work_loops, "pair": work_pair, "single": work_single, "auc": work_auc, "loader": work_loader}
 
 
 # ---- driver -----------------------------------------------------------------------------------
@@ -370,58 +444,72 @@ def main() -> None:
 
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device)
     items = {int(i) for i in args.items.split(",")}
-    base = {"kind": "train", "device": device, "threads": args.threads, "batch": args.batch, "warmup": args.warmup, "steps": args.steps,
-            "repeats": args.repeats, "vocab": args.vocab, "optimizer": "sparse_adam", "loop": "lightning",
-            "embedding": "mlet", "dim": 16, "inner_dim": 64}
+    base = {"device": device, "threads": args.threads, "batch": args.batch, "warmup": args.warmup,
+            "steps": args.steps, "repeats": args.repeats, "vocab": args.vocab, "optimizer": "sparse_adam",
+            "loop": "lightning", "embedding": "mlet", "dim": 16, "inner_dim": 64}
+    short = {"warmup": 2, "steps": 2, "repeats": 1}  # memory-only runs: the peak is reached in the first steps
     rows: list[tuple] = []  # (item, what, device, reference, value, ratio, target, met)
     raw: dict[str, dict] = {}
     started = time.time()
 
-    def train(name: str, **over) -> dict:
-        cfg = {**base, **over}
+    def child(name: str, kind: str, **over) -> dict:
         print(f"... {name}", file=sys.stderr, flush=True)
-        raw[name] = result = run_child(cfg)
+        raw[name] = result = run_child({**base, "kind": kind, **over})
         return result
 
     def add(item, what, dev, ref, val, ratio, target=None, met=None):
         rows.append((item, what, dev, ref, val, ratio, target or "", "" if met is None else ("yes" if met else "NO")))
 
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1e3:.0f} ms"
+
+    def memory_row(item: int, what: str, ref: dict, val: dict) -> None:
+        r = val["peak_bytes"] / max(ref["peak_bytes"], 1)
+        add(item, what, val["device"], fmt_bytes(ref["peak_bytes"]), fmt_bytes(val["peak_bytes"]), f"{r:.2f}x")
+
     if 1 in items:
-        plain = train("1 plain loop", loop="plain")
-        ours = train("1 mlet loop", loop="lightning")
-        r = ours["samples_per_s"] / plain["samples_per_s"]
-        add(1, "training samples/s: mlet loop / plain PyTorch loop (MLET d16 k64, sparse_adam)", ours["device"],
-            f"{plain['samples_per_s']:,.0f}/s", f"{ours['samples_per_s']:,.0f}/s", f"{r:.2f}x", ">= 0.9x", r >= 0.9)
-        r = ours["peak_bytes"] / max(plain["peak_bytes"], 1)
-        add(1, "peak memory: mlet loop / plain loop", ours["device"], fmt_bytes(plain["peak_bytes"]),
-            fmt_bytes(ours["peak_bytes"]), f"{r:.2f}x")
+        res = child("1 loops", "loops")
+        r = res["plain_step_s"] / res["mlet_step_s"]
+        add(1, "training samples/s: mlet loop / plain PyTorch loop (MLET d16 k64, sparse_adam; one process, "
+            "alternating chunks)", res["device"], f"{args.batch / res['plain_step_s']:,.0f}/s",
+            f"{args.batch / res['mlet_step_s']:,.0f}/s", f"{r:.2f}x", ">= 0.9x", r >= 0.9)
+        plain = child("1 memory plain", "single", loop="plain", **short)
+        ours = child("1 memory mlet", "single", loop="lightning", **short)
+        memory_row(1, "peak memory: mlet loop / plain loop", plain, ours)
     if 2 in items:
         for (d_ref, d, k, target) in ((16, 16, 64, 1.15), (64, 4, 64, None)):
-            ref = train(f"2 single d{d_ref}", embedding="single", dim=d_ref)
-            val = train(f"2 mlet d{d} k{k}", embedding="mlet", dim=d, inner_dim=k)
-            r = val["step_s"] / ref["step_s"]
-            add(2, f"step time: MLET d{d} k{k} / single d{d_ref}", val["device"], f"{ref['step_s'] * 1e3:.0f} ms",
-                f"{val['step_s'] * 1e3:.0f} ms", f"{r:.2f}x", f"<= {target}x" if target else None,
-                (r <= target) if target else None)
-            r = val["peak_bytes"] / max(ref["peak_bytes"], 1)
-            add(2, f"peak memory: MLET d{d} k{k} / single d{d_ref}", val["device"], fmt_bytes(ref["peak_bytes"]),
-                fmt_bytes(val["peak_bytes"]), f"{r:.2f}x")
-    if 3 in items and args.large_vocab:
-        big = {}
-        for opt in ("sparse_adam", "adam"):
-            small = train(f"3 {opt} {args.vocab}", optimizer=opt)
-            big[opt] = train(f"3 {opt} {args.large_vocab}", optimizer=opt, vocab=args.large_vocab)
-            r = big[opt]["step_s"] / small["step_s"]
-            target = 1.5 if opt == "sparse_adam" else None
-            add(3, f"step time ({opt}, MLET d16 k64): {args.large_vocab / 1e6:g}M / {args.vocab / 1e6:g}M rows",
-                small["device"], f"{small['step_s'] * 1e3:.0f} ms", f"{big[opt]['step_s'] * 1e3:.0f} ms", f"{r:.2f}x",
+            ref_cfg = {"embedding": "single", "dim": d_ref}
+            val_cfg = {"embedding": "mlet", "dim": d, "inner_dim": k}
+            res = child(f"2 single d{d_ref} vs mlet d{d} k{k}", "pair", a=ref_cfg, b=val_cfg)
+            r = res["b_step_s"] / res["a_step_s"]
+            add(2, f"step time: MLET d{d} k{k} / single d{d_ref} (plain loop; one process, alternating chunks)",
+                res["device"], ms(res["a_step_s"]), ms(res["b_step_s"]), f"{r:.2f}x",
                 f"<= {target}x" if target else None, (r <= target) if target else None)
-            r = big[opt]["peak_bytes"] / max(small["peak_bytes"], 1)
-            add(3, f"peak memory ({opt}): {args.large_vocab / 1e6:g}M / {args.vocab / 1e6:g}M rows", small["device"],
-                fmt_bytes(small["peak_bytes"]), fmt_bytes(big[opt]["peak_bytes"]), f"{r:.2f}x")
-        r = big["adam"]["step_s"] / big["sparse_adam"]["step_s"]
-        add(3, f"step time at {args.large_vocab / 1e6:g}M rows: adam / sparse_adam", big["adam"]["device"],
-            f"{big['sparse_adam']['step_s'] * 1e3:.0f} ms", f"{big['adam']['step_s'] * 1e3:.0f} ms", f"{r:.2f}x")
+            ref = child(f"2 memory single d{d_ref}", "single", **ref_cfg, **short)
+            val = child(f"2 memory mlet d{d} k{k}", "single", **val_cfg, **short)
+            memory_row(2, f"peak memory: MLET d{d} k{k} / single d{d_ref} (mlet loop)", ref, val)
+    if 3 in items and args.large_vocab:
+        small_v, big_v = f"{args.vocab / 1e6:g}M", f"{args.large_vocab / 1e6:g}M"
+        res = child(f"3 sparse_adam {small_v} vs {big_v}", "pair", a={}, b={"vocab": args.large_vocab})
+        r = res["b_step_s"] / res["a_step_s"]
+        add(3, f"step time (sparse_adam, MLET d16 k64): {big_v} / {small_v} rows (plain loop; one process, "
+            "alternating chunks)", res["device"], ms(res["a_step_s"]), ms(res["b_step_s"]), f"{r:.2f}x", "<= 1.5x",
+            r <= 1.5)
+        sparse_big_step = res["b_step_s"]
+        ref = child(f"3 memory sparse_adam {small_v}", "single", **short)
+        val = child(f"3 memory sparse_adam {big_v}", "single", vocab=args.large_vocab, **short)
+        memory_row(3, f"peak memory (sparse_adam): {big_v} / {small_v} rows (mlet loop)", ref, val)
+        # dense Adam at 10M rows needs ~15 GB and seconds per step: separate processes, fewer steps
+        dense = {"optimizer": "adam", "loop": "plain", "warmup": 2, "steps": 2, "repeats": 3}
+        ref = child(f"3 adam {small_v}", "single", **dense)
+        val = child(f"3 adam {big_v}", "single", vocab=args.large_vocab, **dense)
+        r = val["step_s"] / ref["step_s"]
+        add(3, f"step time (adam, MLET d16 k64): {big_v} / {small_v} rows (plain loop; separate processes, "
+            "median of 3 x 2 steps)", val["device"], ms(ref["step_s"]), ms(val["step_s"]), f"{r:.2f}x")
+        memory_row(3, f"peak memory (adam): {big_v} / {small_v} rows (plain loop)", ref, val)
+        r = val["step_s"] / sparse_big_step
+        add(3, f"step time at {big_v} rows: adam / sparse_adam (plain loop)", val["device"],
+            ms(sparse_big_step), ms(val["step_s"]), f"{r:.2f}x")
     if 4 in items:
         print("... 4 auc", file=sys.stderr, flush=True)
         res = raw["4 auc"] = run_child({"kind": "auc", "device": device, "threads": args.threads, "rows": args.auc_rows, "repeats": args.repeats})

@@ -101,6 +101,26 @@ def test_gradients_reach_both_factors_and_sparse_option_works():
     assert math.isfinite(emb.inner.weight.grad.coalesce().values().sum().item())
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_deduplicated_lookups_give_the_same_outputs_and_gradients(shared):
+    gen = torch.Generator().manual_seed(5)
+    cards = [3, 40, 900, 1]
+    ref = MLETEmbedding(cards, 8, 32, share_projection=shared, sparse=True)
+    dedup = MLETEmbedding(cards, 8, 32, share_projection=shared, sparse=True)
+    dedup.load_state_dict(ref.state_dict())
+    ref.dedup_lookups, dedup.dedup_lookups = False, True
+    idx = torch.stack([(torch.rand(300, generator=gen) ** 4 * n).long() for n in cards], 1)  # many repeats
+    weights = torch.randn(300, len(cards), 8, generator=gen)
+    out_ref, out = ref(idx), dedup(idx)
+    assert torch.allclose(out, out_ref, atol=1e-6)
+    (out_ref * weights).sum().backward()
+    (out * weights).sum().backward()
+    assert dedup.inner.weight.grad.is_sparse
+    assert dedup.inner.weight.grad.coalesce().indices().shape[1] == len(torch.unique(ref.rows(idx)))
+    assert torch.allclose(dedup.inner.weight.grad.to_dense(), ref.inner.weight.grad.to_dense(), atol=1e-5)
+    assert torch.allclose(dedup.projection.grad, ref.projection.grad, atol=1e-5)
+
+
 def test_lowrank_is_the_contrast_and_collapses():
     from mlet.embeddings import LowRankEmbedding
 

@@ -77,6 +77,9 @@ class MLETEmbedding(FieldEmbedding):
     ) -> None:
         super().__init__(cardinalities, dim)
         self.eval_mode = check_eval_mode(eval_mode)
+        # Look every distinct row of a batch up once (True), or every lookup (False); None: on a CPU
+        # only. The same numbers either way (see _forward_unique).
+        self.dedup_lookups: bool | None = None
         self.inner_dim = check_dim("inner_dim", inner_dim)
         self._check_inner_dim()
         self.share_projection = bool(share_projection)
@@ -96,6 +99,9 @@ class MLETEmbedding(FieldEmbedding):
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         rows = self.rows(indices)  # [B, F]
+        dedup = self.dedup_lookups if self.dedup_lookups is not None else rows.device.type == "cpu"
+        if dedup:
+            return self._forward_unique(rows)
         if self.share_projection:
             return self.inner(rows) @ self.projection
         # Field-major: gather A's rows as [F, B, k] and multiply by each field's B in one batched
@@ -103,6 +109,26 @@ class MLETEmbedding(FieldEmbedding):
         # largest activation; forward + backward take about half the time (Criteo shapes, CPU).
         a = self.inner(rows.t().contiguous())  # [F, B, k]
         return torch.bmm(a, self.projection).transpose(0, 1).contiguous()  # [B, F, d]
+
+    def _forward_unique(self, rows: torch.Tensor) -> torch.Tensor:
+        """Each distinct row of the batch gathered and projected once, then expanded.
+
+        CTR categories are heavily skewed: a Criteo-like batch of 4096 x 26 lookups touches about
+        a fifth as many distinct rows, so the ``k``-wide gather, the projection, its backward and
+        the sparse gradient (which the optimiser must coalesce) shrink about five-fold; on a CPU
+        the embedding's forward + backward + SparseAdam step take about half the time. The result
+        equals the plain lookup up to float rounding. Not the default on a GPU (``dedup_lookups``
+        None): there ``torch.unique`` and the per-field split synchronise with the host and one
+        batched matmul is already cheap (not measured on a GPU yet).
+        """
+        unique, inverse = torch.unique(rows, return_inverse=True)  # sorted: field by field
+        a = self.inner(unique)  # [U, k]; the sparse gradient has U rows
+        if self.share_projection:
+            return (a @ self.projection)[inverse]
+        starts = torch.searchsorted(unique, self.offsets)
+        sizes = torch.diff(starts, append=starts.new_tensor([unique.numel()])).tolist()
+        projected = torch.cat([part @ self.projection[f] for f, part in enumerate(torch.split(a, sizes))])
+        return projected[inverse]  # [B, F, d]
 
     def field_projection(self, field: int) -> torch.Tensor:
         return self.projection if self.share_projection else self.projection[field]
