@@ -15,6 +15,11 @@ from omegaconf import DictConfig, open_dict
 
 from mlet.train import CONFIG_DIR
 
+# Tiny tensors: one thread avoids thread start-up costs and keeps the suite steady on a loaded machine.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 ROOT = CONFIG_DIR.parent
 
 # A run small enough for a unit test: ~2k rows, tiny MLPs, two epochs.
