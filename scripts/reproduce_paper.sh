@@ -12,7 +12,8 @@
 #                            for a fair baseline (then: mlet-report --by optimizer.lr)
 #   TRAINER [gpu]            trainer config (45M Criteo rows x one epoch at batch 128 needs a GPU)
 #   CRITEO_PROTOCOL [dlrm]   data.protocol for Criteo (dlrm: 7-part split; bars_x4)
-#   AVAZU_PROTOCOL [dlrm]    data.protocol for Avazu (dlrm: random 80/10/10; bars_x4)
+#   AVAZU_PROTOCOL [bars_x4_001] data.protocol for Avazu (the predecessor's random 80/10/10 split
+#                            with full vocabularies is not implemented yet: open in issue 7)
 #   MLET_TRAIN [mlet-train]  the training command;  MLET_REPORT [mlet-report]
 #   DRY_RUN [0]              1: print the commands instead of running them
 #
@@ -32,7 +33,7 @@ MLET_INIT=${MLET_INIT:-authors}
 SINGLE_LRS=${SINGLE_LRS:-0.2}
 TRAINER=${TRAINER:-gpu}
 CRITEO_PROTOCOL=${CRITEO_PROTOCOL:-dlrm}
-AVAZU_PROTOCOL=${AVAZU_PROTOCOL:-dlrm}
+AVAZU_PROTOCOL=${AVAZU_PROTOCOL:-bars_x4_001}
 TRAIN=${MLET_TRAIN:-mlet-train}
 REPORT=${MLET_REPORT:-mlet-report}
 DRY_RUN=${DRY_RUN:-0}
