@@ -11,6 +11,9 @@ synthetic() {
   # dimension sweep, DLRM: single-layer d = 2..64 and MLET k = 64, 256; seeds 0-2
   mlet-train -m +sweep=dims embedding=single model=dlrm $J
   mlet-train -m +sweep=dims embedding=mlet embedding.inner_dim=64,256 model=dlrm $J
+  # the ablation arms at d = 4
+  mlet-train -m 'experiment=glob(ablation_*)' embedding.dim=4 seed=0,1,2 \
+    hydra.sweep.dir=outputs/sweeps/ablations_synthetic $J
 }
 
 movielens() {
@@ -18,15 +21,19 @@ movielens() {
   # every model, single-layer d = 16, seeds 0-2 (the baselines)
   mlet-train -m embedding=single embedding.dim=16 model=dlrm,dcn,dcnv2,autoint,autoint_plus,xdeepfm,fibinet,deepfm,wdl,fm,lr \
     seed=0,1,2 hydra.sweep.dir=outputs/sweeps/models_movielens100k $D $J
-  # dimension sweep: 4 models, k = 64 (and k = 256 for DLRM)
-  mlet-train -m +sweep=dims embedding=single model=dlrm,dcnv2,autoint_plus,xdeepfm $D $J
-  mlet-train -m +sweep=dims embedding=mlet model=dlrm,dcnv2,autoint_plus,xdeepfm $D $J
-  mlet-train -m +sweep=dims embedding=mlet embedding.inner_dim=256 model=dlrm $D $J
+  # dimension sweep, DLRM: k = 64 and 256
+  mlet-train -m +sweep=dims embedding=single model=dlrm $D $J
+  mlet-train -m +sweep=dims embedding=mlet embedding.inner_dim=64,256 model=dlrm $D $J
   # learning-rate-tuned comparison (DLRM, lr grid 1e-3, 3e-3, 1e-2) and the ablations at d = 4
   mlet-train -m +sweep=lr embedding=single model=dlrm optimizer.lr=0.001,0.003,0.01 $D $J
   mlet-train -m +sweep=lr embedding=mlet model=dlrm optimizer.lr=0.001,0.003,0.01 $D $J
   mlet-train -m 'experiment=glob(ablation_*)' embedding.dim=4 seed=0,1,2 \
     hydra.sweep.dir=outputs/sweeps/ablations_movielens100k $D $J
+  # dimension sweep of the heavier BARS-sized models (not all finished in the session that ran this)
+  for m in dcnv2 autoint_plus xdeepfm; do
+    mlet-train -m +sweep=dims embedding=single model=$m $D $J
+    mlet-train -m +sweep=dims embedding=mlet model=$m $D $J
+  done
 }
 
 reports() {
