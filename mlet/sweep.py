@@ -179,8 +179,8 @@ def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, dict | Non
     """
     dim = OmegaConf.select(cfg, "embedding.dim", default=None)
     k = OmegaConf.select(cfg, "embedding.inner_dim", default=None)
-    if (_multirun() and not ignores_inner_dim(cfg) and isinstance(dim, int) and isinstance(k, int)
-            and k < dim):
+    is_mlet = str(OmegaConf.select(cfg, "embedding._target_", default="")).endswith("MLETEmbedding")
+    if _multirun() and is_mlet and isinstance(dim, int) and isinstance(k, int) and k < dim:
         return "invalid", f"invalid: embedding.inner_dim={k} < embedding.dim={dim} (MLET needs inner_dim >= dim)", None
     path = output_dir / RECORD_NAME
     if cfg.get("force", False) or not path.is_file():

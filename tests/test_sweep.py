@@ -72,6 +72,9 @@ def test_skip_reasons(tmp_path):
     cfg = _multirun(cfg, tmp_path)
     status, reason, _ = sweep.skip_reason(cfg, out)
     assert status == "invalid" and "inner_dim=4 < embedding.dim=8" in reason
+    # k < d is exactly what embedding=lowrank is for: never skipped as invalid
+    cfg = _multirun(compose_cfg(["embedding=lowrank", "embedding.dim=8", "embedding.inner_dim=4"], out), tmp_path)
+    assert sweep.skip_reason(cfg, out) is None
 
     cfg = compose_cfg(["embedding=single", "embedding.inner_dim=32"], out)
     assert sweep.skip_reason(cfg, out) is None  # no record yet
