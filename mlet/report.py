@@ -350,16 +350,21 @@ def _plt():
     return plt
 
 
+def _series_vs_dim(ax, group: pd.DataFrame, metric: str) -> None:
+    """One error-bar line per (embedding, k) of ``<metric>_mean`` +- ``<metric>_std`` against d."""
+    for (emb, k), series in group.groupby(SERIES, dropna=False, sort=True):
+        series = series.sort_values("dim")
+        ax.errorbar(series["dim"], series[f"{metric}_mean"], yerr=series[f"{metric}_std"].fillna(0), marker="o",
+                    capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-",
+                    color="black" if emb == "single" else None)
+
+
 def plot_auc_vs_dim(table: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
     plt, files = _plt(), []
     for key, group in table.groupby([*by, *KEYS], dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         fig, ax = plt.subplots(figsize=(6, 4))
-        for (emb, k), series in group.groupby(SERIES, dropna=False, sort=True):
-            series = series.sort_values("dim")
-            ax.errorbar(series["dim"], series["auc_mean"], yerr=series["auc_std"].fillna(0), marker="o",
-                        capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-",
-                        color="black" if emb == "single" else None)
+        _series_vs_dim(ax, group, "auc")
         ax.set_xscale("log", base=2)
         dims = sorted(group["dim"].unique())
         ax.set_xticks(dims, [str(int(d)) for d in dims])
@@ -438,11 +443,7 @@ def plot_erank(stable: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]
     for key, group in stable.groupby([*by, *KEYS], dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         fig, ax = plt.subplots(figsize=(6, 4))
-        for (emb, k), series in group.groupby(SERIES, dropna=False, sort=True):
-            series = series.sort_values("dim")
-            ax.errorbar(series["dim"], series["erank_mean"], yerr=series["erank_std"].fillna(0), marker="o",
-                        capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-",
-                        color="black" if emb == "single" else None)
+        _series_vs_dim(ax, group, "erank")
         dims = sorted(group["dim"].unique())
         ax.plot(dims, dims, color="gray", linewidth=0.8, label="d (full rank)")
         ax.set_xscale("log", base=2)
