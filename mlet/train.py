@@ -197,6 +197,8 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
 def main(cfg: DictConfig) -> float | None:
     try:
         record = run(cfg)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()  # a gloo group left to interpreter teardown can abort the process
     except (UserError, ValueError, OSError, FloatingPointError, InstantiationException) as exc:
         cause = _root_cause(exc)
         print(f"mlet-train: error: {cause}", file=sys.stderr)
