@@ -350,6 +350,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _series_vs_dim(ax, group: pd.DataFrame, metric: str) -> None:
     """One error-bar line per (embedding, k) of ``<metric>_mean`` +- ``<metric>_std`` against d."""
     for (emb, k), series in group.groupby(SERIES, dropna=False, sort=True):
@@ -374,10 +381,7 @@ def plot_auc_vs_dim(table: pd.DataFrame, by: Sequence[str], out: Path) -> list[P
         ax.grid(alpha=0.3)
         ax.legend()
         path = out / f"auc_vs_dim_{_slug(*key)}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(plt, fig, path))
     return files
 
 
@@ -404,10 +408,7 @@ def plot_auc_vs_k(inner: pd.DataFrame, by: Sequence[str], out: Path) -> list[Pat
         ax.grid(alpha=0.3)
         ax.legend()
         path = out / f"auc_vs_k_{_slug(*key[:-1])}_d{int(key[-1])}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(plt, fig, path))
     return files
 
 
@@ -431,10 +432,7 @@ def plot_buckets(btable: pd.DataFrame, by: Sequence[str], out: Path) -> list[Pat
         axes[0][-1].legend(fontsize="small")
         fig.suptitle(" / ".join(str(x) for x in key))
         path = out / f"buckets_{_slug(*key)}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(plt, fig, path))
     return files
 
 
@@ -454,10 +452,7 @@ def plot_erank(stable: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]
         ax.grid(alpha=0.3)
         ax.legend()
         path = out / f"effective_rank_{_slug(*key)}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(plt, fig, path))
     return files
 
 
