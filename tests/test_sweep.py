@@ -161,7 +161,10 @@ def test_reproduce_paper_script_dry_run():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 2 * (2 * 2 + 1) + 1
-    assert sum("data=criteo_kaggle data.path='/c/train.txt' data.protocol=dlrm" in line for line in lines) == 5
+    assert sum("experiment=paper_dlrm_criteo_kaggle data.path='/c/train.txt' data.protocol=dlrm" in line
+               for line in lines) == 3  # single, MLET, AUC against k
+    assert sum("data=criteo_kaggle model=dcn optimizer=sgd" in line and "data.protocol=dlrm" in line for line in lines) == 2
+    assert sum("experiment=paper_dlrm_avazu data.path='/a/train' data.protocol=mlet2020" in line for line in lines) == 3
     assert lines[-1].startswith("+ mlet-report outputs/sweeps/dims_criteo_kaggle outputs/sweeps/dims_avazu")
 
 

@@ -5,12 +5,22 @@ device_id,device_ip,device_model,device_type,device_conn_type,C14,...,C21``. ``i
 unsigned 64-bit decimal that overflows int64: it is never parsed (BARS drops it). ``hour`` is
 ``YYMMDDHH``.
 
-Protocols (BARS Avazu_x4): ``bars_x4_001`` (categories seen fewer than 2 times in training ->
-OOV) and ``bars_x4_002`` (min count 1); both drop ``id``, replace ``hour`` by hour-of-day,
-weekday (``%w``: Sunday 0) and weekend (Saturday or Sunday) and split by the stratified 8:1:1 of
-scikit-learn 0.19.1 with seed 2018. Fields, in BARS's order: ``hour`` (of day), the 21 columns
-``C1 .. C21``, ``weekday``, ``weekend``; no dense features. Tokens are kept exactly (each is at
-most 8 characters in the real file; longer ones are hashed to 64 bits).
+Protocols (``protocol=``):
+
+* ``bars_x4_001`` / ``bars_x4_002`` (BARS Avazu_x4): categories seen fewer than 2 (``_001``) or 1
+  (``_002``) times in training -> OOV; ``id`` dropped, ``hour`` replaced by hour-of-day, weekday
+  (``%w``: Sunday 0) and weekend (Saturday or Sunday); the stratified 8:1:1 split of scikit-learn
+  0.19.1 with seed 2018. Fields, in BARS's order: ``hour`` (of day), the 21 columns ``C1 .. C21``,
+  ``weekday``, ``weekend``; no dense features.
+* ``mlet2020`` (the MLET predecessor paper, the authors' DLRM fork): the 21 categorical columns
+  ``C1 .. C21`` as fields, full vocabularies (every category of the file has its own row, also one
+  seen only in validation or test: ``vocabulary = "all"``), a seeded random 80/10/10 split
+  (:func:`mlet.data.splits.random_fractions`); no dense features. Their pipeline also fed ``hour``,
+  which a parsing slip made one constant value for every row: a constant carries no information,
+  so it is left out here on purpose (and ``hour`` is not parsed, so it cannot fail a line).
+
+Tokens are kept exactly (each is at most 8 characters in the real file; longer ones are hashed to
+64 bits).
 """
 
 from __future__ import annotations
@@ -49,17 +59,23 @@ class Avazu(PreparedSource):
 
     Args:
         path: the raw ``train`` / ``train.csv`` (or ``.gz``).
-        protocol: ``bars_x4_001`` (min count 2) or ``bars_x4_002`` (min count 1).
+        protocol: ``bars_x4_001`` (min count 2), ``bars_x4_002`` (min count 1) or ``mlet2020``
+            (21 fields, full vocabularies, random 80/10/10).
         min_count: override of the protocol's min count.
-        seed: seed of the stratified split (2018).
+        seed: seed of the split (stratified for BARS, random for ``mlet2020``; 2018).
+        vocabulary: ``all`` (every category gets a row) or ``train`` (categories of the training
+            rows; others -> OOV); ``None``: the protocol's (``mlet2020`` all, BARS train; train
+            whenever ``min_count`` > 1).
         cache_dir, on_bad_line, workers, block_bytes, progress, segment_bytes: see
             :class:`mlet.data.pipeline.PreparedSource`.
     """
 
-    PROTOCOLS = {"bars_x4_001": 2, "bars_x4_002": 1}
+    PROTOCOLS = {"bars_x4_001": 2, "bars_x4_002": 1, "mlet2020": 1}
+    SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # mlet2020
 
     def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike = "data_cache",
-                 protocol: str = "bars_x4_001", min_count: int | None = None, seed: int = 2018, **kwargs) -> None:
+                 protocol: str = "bars_x4_001", min_count: int | None = None, seed: int = 2018,
+                 vocabulary: str | None = None, **kwargs) -> None:
         super().__init__(cache_dir, **kwargs)
         if protocol not in self.PROTOCOLS:
             raise ValueError(f"data.protocol must be one of {sorted(self.PROTOCOLS)}, got {protocol!r}")
@@ -68,8 +84,10 @@ class Avazu(PreparedSource):
         self.min_count = int(min_count) if min_count is not None else self.PROTOCOLS[protocol]
         self.seed = int(seed)
         self.name = f"avazu-{protocol}"
-        self.dense_names, self.cat_names = [], list(FIELDS)
-        self.min_counts = [self.min_count] * len(FIELDS)
+        self.with_hour = protocol != "mlet2020"
+        self.vocabulary = vocabulary or ("all" if not self.with_hour and self.min_count <= 1 else "train")
+        self.dense_names, self.cat_names = [], list(FIELDS if self.with_hour else TOKEN_COLUMNS)
+        self.min_counts = [self.min_count] * len(self.cat_names)
         self._columns: list[str] | None = None
 
     def raw_files(self) -> list[Path]:
@@ -112,15 +130,19 @@ class Avazu(PreparedSource):
             c = col["click"]
             label, bad = decode_label(buf, starts[:, c], ends[:, c])
             errors.add(bad, c, "click must be 0 or 1, got {value}")
-            h = col["hour"]
-            stamp, _, hbad = decode_int(buf, starts[:, h], ends[:, h])
-            hour, weekday, weekend, tbad = hour_features(stamp, ends[:, h] - starts[:, h])
-            errors.add(hbad | tbad, h, "hour must be a YYMMDDHH timestamp, got {value}")
-            keys = np.empty((n, len(FIELDS)), dtype=np.int64)
-            keys[:, 0] = hour
-            keys[:, 1:-2] = decode_token(buf, starts[:, tok_cols].ravel(), ends[:, tok_cols].ravel()).reshape(n, -1)
-            keys[:, -2] = weekday
-            keys[:, -1] = weekend
+            tokens_ = decode_token(buf, starts[:, tok_cols].ravel(), ends[:, tok_cols].ravel()).reshape(n, -1)
+            if self.with_hour:
+                h = col["hour"]
+                stamp, _, hbad = decode_int(buf, starts[:, h], ends[:, h])
+                hour, weekday, weekend, tbad = hour_features(stamp, ends[:, h] - starts[:, h])
+                errors.add(hbad | tbad, h, "hour must be a YYMMDDHH timestamp, got {value}")
+                keys = np.empty((n, len(FIELDS)), dtype=np.int64)
+                keys[:, 0] = hour
+                keys[:, 1:-2] = tokens_
+                keys[:, -2] = weekday
+                keys[:, -1] = weekend
+            else:
+                keys = tokens_
             if errors.any():
                 keep = ctx.check(errors, block, tokens, names)
                 label, keys = label[keep], keys[keep]
@@ -128,4 +150,6 @@ class Avazu(PreparedSource):
             yield Chunk(label, np.zeros((len(label), 0), np.float32), keys)
 
     def assign(self, labels, rows_per_file, presplit) -> np.ndarray:
+        if self.protocol == "mlet2020":
+            return S.random_fractions(len(labels), self.SPLIT_FRACTIONS, self.seed)
         return S.bars_x4(labels, self.seed)

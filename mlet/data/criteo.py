@@ -14,9 +14,11 @@ Protocols (``protocol=``):
   categories seen fewer than 10 (``_001``) or 2 (``_002``) times in training -> OOV; the
   stratified 8:1:1 split of scikit-learn 0.19.1 with seed 2018 (:func:`mlet.data.splits.bars_x4`).
 
-Vocabularies are fitted on the training rows only: a category never seen in training maps to the
-OOV index 0 (facebookresearch/dlrm instead gives every value of all 7 days its own, untrained,
-row; both leave such categories untrained).
+Vocabularies (``vocabulary=``): ``dlrm`` uses full vocabularies, as facebookresearch/dlrm does:
+every category of the file has its own row, also one seen only in validation or test (no training
+row updates it directly; under MLET it still moves, with ``B``). The BARS protocols fit their
+vocabularies on the training rows: a category never seen there (or rarer than the min count) maps
+to the OOV index 0.
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ class CriteoKaggle(PreparedSource):
         min_count: categories seen fewer times in training -> OOV (``None``: the protocol's own,
             1 for ``dlrm``, 10 / 2 for ``bars_x4_001`` / ``bars_x4_002``).
         seed: seed of the BARS stratified split (2018).
+        vocabulary: ``all`` (every category gets a row) or ``train`` (categories of the training
+            rows; others -> OOV); ``None``: the protocol's (``dlrm`` all, BARS train; train
+            whenever ``min_count`` > 1).
         labeled: ``False`` reads the unlabeled form (``test.txt``: 39 fields, no label) for
             prediction (:meth:`iter_chunks`, labels 0); such a source cannot be prepared.
         cache_dir, on_bad_line, workers, block_bytes, progress, segment_bytes: see
@@ -105,7 +110,8 @@ class CriteoKaggle(PreparedSource):
     PROTOCOLS = {"dlrm": 1, "bars_x4_001": 10, "bars_x4_002": 2}
 
     def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike = "data_cache", protocol: str = "dlrm",
-                 min_count: int | None = None, seed: int = 2018, labeled: bool = True, **kwargs) -> None:
+                 min_count: int | None = None, seed: int = 2018, labeled: bool = True,
+                 vocabulary: str | None = None, **kwargs) -> None:
         super().__init__(cache_dir, **kwargs)
         self.labeled = bool(labeled)
         if protocol not in self.PROTOCOLS:
@@ -114,6 +120,7 @@ class CriteoKaggle(PreparedSource):
         self.protocol = protocol
         self.min_count = int(min_count) if min_count is not None else self.PROTOCOLS[protocol]
         self.seed = int(seed)
+        self.vocabulary = vocabulary or ("all" if protocol == "dlrm" and self.min_count <= 1 else "train")
         self.name = f"criteo_kaggle-{protocol}"
         if protocol == "dlrm":
             self.dense_names, self.cat_names = list(INT_NAMES), list(CAT_NAMES)

@@ -13,7 +13,10 @@ rest, identically for all:
 3. **count** (parallel): per field, occurrences of each provisional id among *training* rows.
 4. **vocabulary**: segment tables are merged by key; per field, categories seen at least
    ``min_count`` times in training get indices ``1..n-1`` (most frequent first, ties by key), all
-   others share the OOV index ``0``. Training counts per index are kept (``counts.npy``).
+   others share the OOV index ``0``. Training counts per index are kept (``counts.npy``). A source
+   with ``vocabulary = "all"`` (facebookresearch/dlrm's "full vocabularies") also gives each
+   category seen only in validation or test its own index, after the trained ones (training count
+   0): no training row touches such a row, but under MLET it still moves, with ``B``.
 5. **encode** (parallel): provisional ids are mapped to final indices and every row is written
    to its split's ``{split}.{cat,dense,label}.npy`` at its final offset.
 
@@ -57,6 +60,7 @@ log = logging.getLogger("mlet.data")
 
 PIPELINE_VERSION = 1
 ON_BAD_LINE = ("error", "skip")
+VOCABULARIES = ("train", "all")
 _ROWS_PER_READ = 1 << 18  # rows per read of the intermediate files (count / encode)
 _MAX_EXAMPLES = 10
 
@@ -535,6 +539,9 @@ class PreparedSource:
     dense_names: list[str] = []
     cat_names: list[str] = []
     min_counts: list[int] = []
+    # "train": vocabularies from the training rows (unseen categories -> OOV 0) | "all": every
+    # category of the files gets its own index (min count 1 only)
+    vocabulary = "train"
 
     def __init__(self, cache_dir: str | os.PathLike = "data_cache", on_bad_line: str = "error",
                  workers: int | None = None, block_bytes: int = 4 << 20, progress: bool = True,
@@ -587,11 +594,22 @@ class PreparedSource:
         payload = {
             "pipeline_version": PIPELINE_VERSION,
             "source": f"{type(self).__module__}.{type(self).__qualname__}",
-            "options": self.options(),
+            "options": self._options(),
             "files": files,
         }
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
         return {**payload, "digest": digest}
+
+    def _options(self) -> dict:
+        options = self.options()
+        if self.vocabulary not in VOCABULARIES:
+            raise ValueError(f"vocabulary must be one of {VOCABULARIES}, got {self.vocabulary!r}")
+        if self.vocabulary != "train":
+            if any(m > 1 for m in self.min_counts):
+                raise ValueError(f"{self.name}: a vocabulary over all rows (vocabulary=all) keeps every category: "
+                                 f"min_count must be 1, got {max(self.min_counts)}")
+            options = {**options, "vocabulary": self.vocabulary}
+        return options
 
     @property
     def cache_path(self) -> Path:
@@ -765,7 +783,8 @@ class PreparedSource:
             "positive_rate": {names[k]: (float(positives[k] / split_rows[k]) if split_rows[k] else None) for k in range(3)},
             "oov_rate": {names[k]: ([float(x) for x in oov[k] / split_rows[k]] if split_rows[k] else None) for k in range(3)},
             "min_counts": [int(m) for m in self.min_counts],
-            "options": self.options(),
+            "options": self._options(),
+            "vocabulary": self.vocabulary,
             "source": {k: fp[k] for k in ("source", "files", "digest")},
             "pipeline_version": PIPELINE_VERSION,
             "lines_read": lines,
@@ -791,8 +810,9 @@ class PreparedSource:
         return {**meta, "cache_bytes": sum(p.stat().st_size for p in tmp.iterdir())}
 
     def _vocabulary(self, tmp: Path, segs: list[Segment], sizes: list[list[int]], count_files: list[str]):
-        """Merge segment tables by key; per field: kept categories (count >= min_count) get indices
-        1.. by decreasing training count (ties: increasing key); the rest map to 0 (OOV)."""
+        """Merge segment tables by key; per field: kept categories (count >= min_count, or every
+        category with ``vocabulary = "all"``) get indices 1.. by decreasing training count (ties:
+        increasing key); the rest map to 0 (OOV)."""
         n_fields = len(self.cat_names)
         seg_keys = [np.load(_seg_path(tmp, s.index, "keys.npy"), mmap_mode="r") for s in segs]
         seg_counts = [np.load(p, mmap_mode="r") for p in count_files]
@@ -807,7 +827,10 @@ class PreparedSource:
             else:
                 g_keys, inverse = np.unique(np.concatenate(keys), return_inverse=True)
                 g_counts = np.bincount(inverse, weights=np.concatenate(cnts), minlength=len(g_keys)).astype(np.int64)
-            kept = np.flatnonzero(g_counts >= max(1, self.min_counts[f]))
+            if self.vocabulary == "all":
+                kept = np.arange(len(g_keys))
+            else:
+                kept = np.flatnonzero(g_counts >= max(1, self.min_counts[f]))
             kept = kept[np.lexsort((g_keys[kept], -g_counts[kept]))]
             remap = np.zeros(len(g_keys), dtype=np.int32)
             remap[kept] = np.arange(1, len(kept) + 1, dtype=np.int32)

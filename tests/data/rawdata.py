@@ -87,11 +87,14 @@ def bars_bucket_reference(v) -> int:
 
 
 # ---- vocabularies ------------------------------------------------------------------------------
-def fit_vocab(train_values, min_count: int, order_key) -> tuple[dict, list[int]]:
+def fit_vocab(train_values, min_count: int, order_key, all_values=None) -> tuple[dict, list[int]]:
     """Index of each kept value: 1.. by decreasing training count, ties by ``order_key``;
-    returns (value -> index, counts per index with the OOV count first)."""
+    returns (value -> index, counts per index with the OOV count first). ``all_values`` (a full
+    vocabulary): every one of them is kept too, with training count 0 when not in training."""
     counts = Counter(train_values)
-    kept = sorted((v for v, c in counts.items() if c >= min_count), key=lambda v: (-counts[v], order_key(v)))
+    values = set(counts) | set(all_values or ())
+    kept = sorted((v for v in values if all_values is not None or counts[v] >= min_count),
+                  key=lambda v: (-counts[v], order_key(v)))
     index = {v: i + 1 for i, v in enumerate(kept)}
     oov = sum(c for v, c in counts.items() if v not in index)
     return index, [oov] + [counts[v] for v in kept]
@@ -252,14 +255,17 @@ def random_split_names(n: int, fractions=(0.8, 0.1, 0.1), seed: int = 2018) -> l
 
 
 # ---- checking a prepared dataset against reference rows ------------------------------------------
-def expected_arrays(values: list[list], names: list[str], min_counts: list[int], order_keys: list):
-    """Reference (cat arrays per split, counts, cardinalities) from per-row field values."""
+def expected_arrays(values: list[list], names: list[str], min_counts: list[int], order_keys: list,
+                    vocabulary: str = "train"):
+    """Reference (cat arrays per split, counts, cardinalities) from per-row field values;
+    ``vocabulary="all"``: every value of every row has its own index."""
     n_fields = len(min_counts)
     split_rows = {s: [i for i, n in enumerate(names) if n == s] for s in ("train", "val", "test")}
     cats = {s: np.zeros((len(r), n_fields), dtype=np.int64) for s, r in split_rows.items()}
     counts, cards = [], []
     for f in range(n_fields):
-        index, cnt = fit_vocab([values[i][f] for i in split_rows["train"]], min_counts[f], order_keys[f])
+        every = [row[f] for row in values] if vocabulary == "all" else None
+        index, cnt = fit_vocab([values[i][f] for i in split_rows["train"]], min_counts[f], order_keys[f], every)
         counts.append(cnt)
         cards.append(len(index) + 1)
         for s, r in split_rows.items():
@@ -268,11 +274,12 @@ def expected_arrays(values: list[list], names: list[str], min_counts: list[int],
 
 
 def assert_matches(arrays, labels: list[int], values: list[list], names: list[str], min_counts: list[int],
-                   order_keys: list, dense: list[list[float]] | None = None, fields: list[int] | None = None) -> None:
+                   order_keys: list, dense: list[list[float]] | None = None, fields: list[int] | None = None,
+                   vocabulary: str = "train") -> None:
     """The prepared ``arrays`` equal the reference; ``fields`` picks the categorical columns that
     ``values`` describe (default: all, in order)."""
     fields = list(range(len(min_counts))) if fields is None else fields
-    cats, counts, cards, split_rows = expected_arrays(values, names, min_counts, order_keys)
+    cats, counts, cards, split_rows = expected_arrays(values, names, min_counts, order_keys, vocabulary)
     assert [arrays.cardinalities[f] for f in fields] == cards
     for j, f in enumerate(fields):
         np.testing.assert_array_equal(np.asarray(arrays.counts[f]), counts[j], err_msg=f"counts of field {f}")

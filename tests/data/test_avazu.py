@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rawdata import AVAZU_HEADER, assert_matches, avazu_reference, avazu_rows, split_names_bars, token_order, write_avazu
+from rawdata import (AVAZU_HEADER, assert_matches, avazu_reference, avazu_rows, random_split_names, split_names_bars,
+                     token_order, write_avazu)
 
-from mlet.data.avazu import FIELDS, Avazu
+from mlet.data.avazu import FIELDS, TOKEN_COLUMNS, Avazu
 from mlet.data.pipeline import BadLineError
 
 
@@ -37,6 +38,35 @@ def test_bars_protocol_matches_reference(tmp_path, protocol, min_count):
     assert arrays.cat_names == FIELDS and arrays.dense_names == []
     assert_matches(arrays, labels, [r[1] for r in ref], names, [min_count] * 24, order)
     assert arrays.splits["train"].dense.shape == (len(arrays.splits["train"]), 0)
+
+
+def test_mlet2020_protocol_matches_reference(tmp_path):
+    """The MLET predecessor's Avazu: the 21 columns C1..C21, full vocabularies, random 80/10/10."""
+    rows = avazu_rows(500, seed=6)
+    rows[7][2] = "14103224"  # a bad hour: not a field of this protocol, so not an error
+    path = write_avazu(tmp_path / "train.csv", rows)
+    arrays = avazu(path, tmp_path / "cache", protocol="mlet2020", seed=7).load()
+    labels = [int(r[1]) for r in rows]
+    values = [r[3:] for r in rows]
+    names = random_split_names(len(rows), (0.8, 0.1, 0.1), seed=7)
+    assert arrays.cat_names == TOKEN_COLUMNS and len(TOKEN_COLUMNS) == 21 and arrays.dense_names == []
+    assert {s: len(arrays.splits[s]) for s in ("train", "val", "test")} == {"train": 400, "val": 50, "test": 50}
+    assert_matches(arrays, labels, values, names, [1] * 21, [token_order] * 21, vocabulary="all")
+    assert arrays.meta["vocabulary"] == "all" and arrays.meta["options"]["protocol"] == "mlet2020"
+    f = TOKEN_COLUMNS.index("device_ip")
+    unseen = np.setdiff1d(np.asarray(arrays.splits["test"].cat[:, f]), np.asarray(arrays.splits["train"].cat[:, f]))
+    assert len(unseen) > 0 and (unseen > 0).all()  # device_ip values seen only in test have their own rows
+    # the same file under the training-rows vocabulary maps those to OOV 0, in another cache
+    trained = avazu(path, tmp_path / "cache", protocol="mlet2020", seed=7, vocabulary="train").load()
+    assert_matches(trained, labels, values, names, [1] * 21, [token_order] * 21)
+    assert trained.meta["vocabulary"] == "train"
+
+
+def test_full_vocabulary_refuses_a_min_count(tmp_path):
+    path = write_avazu(tmp_path / "train", avazu_rows(20, seed=8))
+    with pytest.raises(ValueError, match="min_count must be 1"):
+        avazu(path, tmp_path / "cache", protocol="mlet2020", min_count=2, vocabulary="all").prepare()
+    assert avazu(path, tmp_path / "cache", protocol="mlet2020", min_count=2).vocabulary == "train"
 
 
 def test_hour_fields(tmp_path):
@@ -94,3 +124,30 @@ def test_parallel_segments_give_identical_arrays(tmp_path):
     for s in ("train", "val", "test"):
         np.testing.assert_array_equal(one.splits[s].cat, many.splits[s].cat)
         np.testing.assert_array_equal(one.splits[s].label, many.splits[s].label)
+
+
+@pytest.mark.parametrize("preset", ["paper_dlrm_avazu", "paper_dlrm_criteo_kaggle"])
+def test_predecessor_preset_trains_from_a_raw_file(preset, tmp_path):
+    """One command per published setting: the preset, a raw file, an MLET with the authors' init."""
+    from rawdata import criteo_rows, write_criteo
+
+    from mlet.train import run
+    from tests.conftest import compose_cfg
+
+    if "avazu" in preset:
+        raw = write_avazu(tmp_path / "train", avazu_rows(600, seed=9))
+        fields, protocol, train_rows = 21, "mlet2020", 480  # 80%
+    else:
+        raw = write_criteo(tmp_path / "train.txt", criteo_rows(600, seed=9))
+        fields, protocol, train_rows = 26, "dlrm", 86 * 5 + 85  # parts 0-5 of 7 (86 x 5, 85 x 2)
+    cfg = compose_cfg([f"experiment={preset}", f"data.path={raw}", f"paths.data_dir={tmp_path / 'cache'}",
+                       "data.progress=false", "data.workers=1", "embedding=mlet", "embedding.init=authors",
+                       "embedding.dim=4", "embedding.inner_dim=8", "trainer.accelerator=cpu", "logger=none",
+                       "trainer.enable_progress_bar=false"], tmp_path / "run")
+    assert cfg.optimizer.lr == 0.2 and cfg.datamodule.batch_size == 128 and cfg.trainer.max_epochs == 1
+    assert list(cfg.model.top_mlp) == [512, 256] and cfg.data.protocol == protocol
+    record = run(cfg)
+    assert record["status"] == "completed" and 0.0 <= record["test_auc"] <= 1.0
+    assert record["steps"] == -(-train_rows // 128)  # one epoch at batch 128
+    assert len(record["config"]["embedding"]) and record["config"]["embedding"]["init"] == "authors"
+    assert record["embedding_inference_parameters"] > 0 and fields == len(record["spectrum"])

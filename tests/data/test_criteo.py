@@ -48,8 +48,14 @@ def test_dlrm_protocol_matches_reference(tmp_path):
     names = split_names_dlrm(len(ref))
     assert {s: len(arrays.splits[s]) for s in ("train", "val", "test")} == {"train": 598, "val": 49, "test": 50}
     assert arrays.dense_names == [f"I{i}" for i in range(1, 14)] and arrays.cat_names == [f"C{i}" for i in range(1, 27)]
+    # full vocabularies (as facebookresearch/dlrm): categories seen only in val/test have rows too
     assert_matches(arrays, [r[0] for r in ref], [r[2] for r in ref], names, [1] * 26, [hex_order] * 26,
-                   dense=[dlrm_dense_reference(r[1]) for r in ref])
+                   dense=[dlrm_dense_reference(r[1]) for r in ref], vocabulary="all")
+    unseen = [np.setdiff1d(np.asarray(arrays.splits["test"].cat[:, f]), np.asarray(arrays.splits["train"].cat[:, f]))
+              for f in range(26)]
+    assert sum(len(u) for u in unseen) > 0 and all((u > 0).all() for u in unseen)  # own rows, not OOV 0
+    assert all((np.asarray(arrays.counts[f])[u] == 0).all() for f, u in enumerate(unseen))  # training count 0
+    assert arrays.meta["vocabulary"] == "all"
     assert arrays.splits["train"].cat.dtype == np.int32 and arrays.splits["train"].dense.dtype == np.float32
     assert arrays.meta["skipped_lines"] == 0 and arrays.meta["lines_read"] == 697
 
