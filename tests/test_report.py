@@ -109,14 +109,29 @@ def test_dimension_reduction_table_by_hand(records_dir, tmp_path):
     assert r["mlet_dim"] == "never" and not r["reached"] and math.isnan(r["factor"])
     r = _row(red, model="m3", k=64)
     assert r["mlet_dim"] == 2 and r["factor"] == 8
+    # the single-layer curve reaches its own reference only at d=16 (m1: d=4 gives 0.71 < 0.79)
+    assert set(red["single_dim"]) == {16} and list(red["beats_single"]) == [r["reached"] for _, r in red.iterrows()]
     summary = res["dim_reduction_summary"]
     for data in ("ds", "all"):
         s = _row(summary, data=data)
-        assert (s["pairs"], s["reached"]) == (4, 3)
+        assert (s["pairs"], s["reached"], s["beats_single"]) == (4, 3, 3)
         assert s["max_factor"] == 8 and s["mean_factor"] == pytest.approx((2 + 2 + 8) / 3)
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| ds | m2 | 64 | 16 | 0.7500 | never | - | - | best MLET AUC 0.7400 |" in md
-    assert "| ds | 3/4 | 8x | 4.00x |" in md
+    assert "| ds | m2 | 64 | 16 | 0.7500 | never | - | - | 16 | best MLET AUC 0.7400 |" in md
+    assert "| ds | 3/4 | 3/4 | 8x | 4.00x |" in md
+
+
+def test_flat_single_layer_curve_is_flagged(records_dir, tmp_path):
+    # tolerance 0.1: target for m1 is 0.69, which single-layer d=4 (0.71) already reaches, as does
+    # MLET d=4 (0.787): factor 4, but single-layer needs no more d than MLET, so it does not count.
+    res = build_report([records_dir], tmp_path / "flat", tolerance=0.1, plots=False)
+    r = _row(res["dim_reduction"], model="m1", k=64)
+    assert (r["mlet_dim"], r["factor"], r["single_dim"]) == (4, 4, 4)
+    assert not r["beats_single"] and r["note"] == "single-layer reaches it at d=4 too"
+    s = _row(res["dim_reduction_summary"], data="all")
+    # m1 k=64 and m1 k=16 (MLET d=8 > single d=4) are flat, so is m2 (MLET and single reach 0.65 at d=4);
+    # m3 has only single d=16 and MLET d=2: the one pair where MLET needs less
+    assert (s["pairs"], s["reached"], s["beats_single"]) == (4, 4, 1)
 
 
 def test_tolerance_and_reference_dim(records_dir, tmp_path):
