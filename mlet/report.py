@@ -16,7 +16,11 @@ Reads every ``record.json`` (recursively) and writes into ``--out`` (default ``o
   (from ``record["buckets"]``), single-layer vs MLET at equal d;
 * ``spectrum.csv`` / ``spectrum_fields.csv``: effective rank (Roy & Vetterli 2007) of the
   collapsed tables (from ``record["spectrum"]``), mean over fields, single-layer vs MLET;
-* PNGs: AUC vs d and AUC vs k per dataset/model, AUC per frequency bucket, effective rank vs d.
+* ``absent_rows.csv`` / ``effective_rank_history.csv``: MLET's mechanism per arm: how far the
+  collapsed rows a batch did not touch move per step (from ``record["absent_row_movement"]``), and
+  the effective rank after each validation (``record["effective_rank_history"]``);
+* PNGs: AUC vs d and AUC vs k per dataset/model, AUC per frequency bucket, effective rank vs d and
+  over training.
 
 Records of the same (dataset, model, embedding, d, k, seed) found twice count once (the newest);
 ``--by optimizer.lr embedding.init`` splits every table by those config keys as well.
@@ -317,6 +321,60 @@ def spectrum_frames(records: Sequence[dict], runs: pd.DataFrame, by: Sequence[st
     return fields, table[[*keys, "erank_mean", "erank_std", "erank_over_d", "seeds"]]
 
 
+def mechanism_frames(records: Sequence[dict], runs: pd.DataFrame, by: Sequence[str] = ()):
+    """MLET's mechanism per arm (dataset, model, embedding, k, d), mean and std over seeds:
+
+    * movement: how far the sampled collapsed rows that a batch did not touch moved per measured
+      step (``record["absent_row_movement"]``: absolute, relative to the row's norm, and the rows
+      the batch did touch for scale); exactly zero for a single-layer table under SGD or a sparse
+      optimiser, non-zero under MLET, whose update ``A A^T G`` reaches every row;
+    * history: the effective rank of the collapsed tables (mean over fields) after each validation
+      (``record["effective_rank_history"]``), per epoch.
+    """
+    kept = set(runs["path"])
+    keys = [*by, *KEYS, *SERIES, "dim"]
+    moves, hist = [], []
+    for rec in records:
+        if rec.get("path") not in kept:
+            continue
+        k = rec.get("inner_dim")
+        base = {**{b: _config_value(rec, b) for b in by}, "data": rec.get("data"), "model": rec.get("model"),
+                "embedding": rec.get("embedding"),
+                "k": float(k) if k is not None and rec.get("embedding") != "single" else np.nan,
+                "dim": rec.get("dim"), "seed": rec.get("seed")}
+        m = rec.get("absent_row_movement")
+        if m:
+            absent, present = m.get("absent_mean"), m.get("present_mean")
+            moves.append({**base, "absent": absent, "absent_relative": m.get("absent_relative_mean"),
+                          "present": present,
+                          "ratio": absent / present if absent is not None and present else np.nan})
+        for h in rec.get("effective_rank_history") or []:
+            hist.append({**base, "epoch": h.get("epoch"), "step": h.get("step"), "erank": h.get("effective_rank_mean")})
+    moves = pd.DataFrame(moves, columns=[*keys, "seed", "absent", "absent_relative", "present", "ratio"])
+    hist = pd.DataFrame(hist, columns=[*keys, "seed", "epoch", "step", "erank"])
+    mcols = [*keys, "absent_mean", "absent_std", "absent_relative_mean", "present_mean", "ratio_mean", "seeds"]
+    if moves.empty:
+        movement = pd.DataFrame(columns=mcols)
+    else:
+        for col in ("absent", "absent_relative", "present", "ratio"):
+            moves[col] = pd.to_numeric(moves[col], errors="coerce")
+        movement = _ordered(moves.groupby(keys, dropna=False, sort=True).agg(
+            absent_mean=("absent", "mean"), absent_std=("absent", _std),
+            absent_relative_mean=("absent_relative", "mean"), present_mean=("present", "mean"),
+            ratio_mean=("ratio", "mean"), seeds=("seed", "nunique")).reset_index(), by)[mcols]
+    hcols = [*keys, "epoch", "erank_mean", "erank_std", "seeds"]
+    if hist.empty:
+        history = pd.DataFrame(columns=hcols)
+    else:
+        hist["erank"] = pd.to_numeric(hist["erank"], errors="coerce")
+        history = hist.groupby([*keys, "epoch"], dropna=False, sort=True).agg(
+            erank_mean=("erank", "mean"), erank_std=("erank", _std), seeds=("seed", "nunique")).reset_index()
+        rank = (history["embedding"] != "single").astype(int).rename("_rank")
+        history = history.assign(_rank=rank).sort_values([*by, *KEYS, "_rank", "embedding", "k", "dim", "epoch"],
+                                                         na_position="first").reset_index(drop=True)[hcols]
+    return movement, history
+
+
 # ---- formatting --------------------------------------------------------------------------------
 def _fmt(value, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -470,6 +528,31 @@ def plot_erank(stable: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]
     return files
 
 
+def plot_erank_history(history: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
+    """Effective rank of the collapsed tables after each validation, one panel per d."""
+    plt, files = _plt(), []
+    for key, group in history.groupby([*by, *KEYS], dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        dims = sorted(group["dim"].unique())
+        fig, axes = plt.subplots(1, len(dims), figsize=(3.2 * len(dims) + 1, 3.6), squeeze=False)
+        for ax, d in zip(axes[0], dims):
+            for (emb, k), series in group[group["dim"] == d].groupby(SERIES, dropna=False, sort=True):
+                series = series.sort_values("epoch")
+                ax.errorbar(series["epoch"], series["erank_mean"], yerr=series["erank_std"].fillna(0), marker="o",
+                            capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-",
+                            color="black" if emb == "single" else None)
+            ax.set_title(f"d={int(d)}")
+            ax.set_xlabel("epoch")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("effective rank (mean over fields)")
+        axes[0][-1].legend(fontsize="small")
+        fig.suptitle(" / ".join(str(x) for x in key))
+        path = out / f"effective_rank_history_{_slug(*key)}.png"
+        files.append(_save(plt, fig, path))
+    return files
+
+
 # ---- the report --------------------------------------------------------------------------------
 def build_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float = 0.0,
                  reference_dim: int | None = None, by: Sequence[str] = (), plots: bool = True,
@@ -501,6 +584,7 @@ def build_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float =
     btable = bucket_table(buckets, by)
     bcompare = bucket_compare(btable, by)
     sfields, stable = spectrum_frames(records, runs, by)
+    movement, history = mechanism_frames(records, runs, by)
 
     files = []
     csvs = {
@@ -513,29 +597,33 @@ def build_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float =
         "buckets_compare.csv": bcompare.drop(columns=["order"], errors="ignore"),
         "spectrum.csv": stable,
         "spectrum_fields.csv": sfields,
+        "absent_rows.csv": movement,
+        "effective_rank_history.csv": history,
     }
     if tuning is not None:
         csvs["tuning.csv"] = tuning
     for name, frame in csvs.items():
         frame.to_csv(out / name, index=False)
         files.append(out / name)
-    pngs: dict[str, list[Path]] = {"dim": [], "k": [], "buckets": [], "erank": []}
+    pngs: dict[str, list[Path]] = {"dim": [], "k": [], "buckets": [], "erank": [], "history": []}
     if plots:
         pngs["dim"] = plot_auc_vs_dim(table, by, out) if not table.empty else []
         pngs["k"] = plot_auc_vs_k(inner, by, out) if not inner.empty else []
         pngs["buckets"] = plot_buckets(btable, by, out) if not btable.empty else []
         pngs["erank"] = plot_erank(stable, by, out) if not stable.empty else []
+        pngs["history"] = plot_erank_history(history, by, out) if not history.empty else []
         files += [p for ps in pngs.values() for p in ps]
 
-    md = render_markdown(runs, table, reduction, summary, inner, bcompare, stable, pngs, by, tolerance,
-                         reference_dim, warnings, [str(d) for d in dirs], records)
+    md = render_markdown(runs, table, reduction, summary, inner, btable, bcompare, stable, movement, history, pngs,
+                         by, tolerance, reference_dim, warnings, [str(d) for d in dirs], records)
     if tuning is not None:
         md = md.replace("\n## AUC and logloss against d", render_tuning(tuning, tune, by) + "\n## AUC and logloss against d", 1)
     (out / "report.md").write_text(md)
     files.append(out / "report.md")
     return {"runs": runs, "auc_vs_dim": table, "dim_reduction": reduction, "dim_reduction_summary": summary,
             "auc_vs_inner_dim": inner, "buckets": btable, "buckets_compare": bcompare, "spectrum": stable,
-            "spectrum_fields": sfields, "warnings": warnings, "files": files, "tuning": tuning}
+            "spectrum_fields": sfields, "absent_rows": movement, "effective_rank_history": history,
+            "warnings": warnings, "files": files, "tuning": tuning}
 
 
 def render_tuning(tuning: pd.DataFrame, key: str, by: Sequence[str]) -> str:
@@ -549,8 +637,8 @@ def render_tuning(tuning: pd.DataFrame, key: str, by: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
-def render_markdown(runs, table, reduction, summary, inner, bcompare, stable, pngs, by, tolerance, reference_dim,
-                    warnings, dirs, records) -> str:
+def render_markdown(runs, table, reduction, summary, inner, btable, bcompare, stable, movement, history, pngs, by,
+                    tolerance, reference_dim, warnings, dirs, records) -> str:
     by = list(by)
     parts = ["# MLET report", ""]
     parts.append(f"{len(runs)} runs from {', '.join(dirs)}. Every number scores the collapsed (deployed, "
@@ -611,11 +699,26 @@ def render_markdown(runs, table, reduction, summary, inner, bcompare, stable, pn
     # 5. rare categories
     field = next((r.get("bucket_field") for r in records if r.get("bucket_field")), None)
     parts += ["## Rare categories", ""]
-    if bcompare.empty:
-        parts += ["No run records hold frequency-bucket metrics for both embedding types at equal d "
-                  "(the `frequency_buckets` callback writes them).", ""]
+    which = "the row's rarest field (smallest training count)" if field in (None, "rarest") else f"field {field}"
+    if btable.empty:
+        parts += ["No run records hold frequency-bucket metrics (the `frequency_buckets` callback writes them).", ""]
+    elif bcompare.empty:
+        # no single-layer and MLET arm share a group (e.g. ablations split by tags): every arm, side by side
+        parts += [f"Test AUC per arm, test rows bucketed by the training count of the category of {which} "
+                  "(rows: test rows in the bucket).", ""]
+        labels = list(dict.fromkeys(btable.sort_values("order")["bucket"]))
+        rows_in = btable.groupby("bucket")["rows"].first()
+        arms = _ordered(btable, by).groupby([*by, *KEYS, *SERIES, "dim"], dropna=False, sort=False)
+        rows = []
+        for key, part in arms:
+            key = dict(zip([*by, *KEYS, *SERIES, "dim"], key))
+            auc = dict(zip(part["bucket"], part["auc_mean"]))
+            rows.append([*(str(key[b]) for b in by), key["data"], key["model"], key["embedding"], _k(key["k"]),
+                         int(key["dim"]), *(_fmt(auc.get(b)) for b in labels)])
+        parts += [markdown_table([*by, "data", "model", "embedding", "k", "d",
+                                  *(f"{b} ({_fmt(rows_in[b], 0)} rows)" for b in labels)], rows), ""]
+        parts += [f"![buckets]({p.name})" for p in pngs["buckets"]] + [""]
     else:
-        which = "the row's rarest field (smallest training count)" if field in (None, "rarest") else f"field {field}"
         parts += [f"Test rows bucketed by the training count of the category of {which}. Gain: MLET minus "
                   "single-layer AUC; single-layer minus MLET logloss (positive: MLET better).", ""]
         rows = [[*(str(r[b]) for b in by), r["data"], r["model"], int(r["dim"]), _k(r["k"]), r["bucket"],
@@ -640,7 +743,47 @@ def render_markdown(runs, table, reduction, summary, inner, bcompare, stable, pn
         parts += [markdown_table([*by, "data", "model", "embedding", "k", "d", "effective rank", "/ d", "seeds"],
                                  rows), ""]
         parts += [f"![effective rank]({p.name})" for p in pngs["erank"]] + [""]
+
+    # 7. mechanism
+    parts += ["## Mechanism: rows absent from a batch, effective rank over training", ""]
+    if movement.empty and history.empty:
+        parts += ["No run records hold the mechanism diagnostics (the `absent_row_movement` and "
+                  "`embedding_spectrum` callbacks write them).", ""]
+    if not movement.empty:
+        parts += ["How far the collapsed rows that a training batch did not touch moved in that step (L2, mean "
+                  "over the sampled rows and measured steps; relative: over the row's norm), against the rows it "
+                  "touched. A single-layer table under SGD or a sparse optimiser leaves them exactly in place; "
+                  "MLET moves every row through A A^T G, the part of its update that comes from training B "
+                  "(with B fixed they stay in place too): the path by which rare categories learn from "
+                  "frequent ones.",
+                  ""]
+        first = history.sort_values("epoch").groupby([*by, *KEYS, *SERIES, "dim"], dropna=False)
+        ranks = {key: (g["erank_mean"].iloc[0], g["erank_mean"].iloc[-1]) for key, g in first}
+        rows = []
+        for _, r in movement.iterrows():
+            key = tuple(r[c] for c in [*by, *KEYS, *SERIES, "dim"])
+            e0, e1 = next((v for kk, v in ranks.items() if _same(kk, key)), (None, None))
+            rows.append([*(str(r[b]) for b in by), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
+                         _pm(r["absent_mean"], r["absent_std"], 6), _fmt(r["absent_relative_mean"], 6),
+                         _fmt(r["present_mean"], 6), _fmt(r["ratio_mean"], 4), _fmt(e0, 2), _fmt(e1, 2),
+                         int(r["seeds"])])
+        parts += [markdown_table([*by, "data", "model", "embedding", "k", "d", "absent-row movement",
+                                  "relative", "present-row movement", "absent / present",
+                                  "eff. rank, first epoch", "eff. rank, last epoch", "seeds"], rows), ""]
+    if not history.empty:
+        parts += ["Effective rank of the collapsed tables after each validation, mean over fields and seeds: "
+                  "`effective_rank_history.csv`.", ""]
+        parts += [f"![effective rank over training]({p.name})" for p in pngs["history"]] + [""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    """Equal keys, NaN (the single-layer k) equal to NaN."""
+    return len(a) == len(b) and all(x == y or (_isnan(x) and _isnan(y)) for x, y in zip(a, b))
+
+
+def _isnan(x) -> bool:
+    return isinstance(x, float) and math.isnan(x)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,6 +67,15 @@ def records_dir(tmp_path):
                 # effective rank: mean over the 2 fields: single 2.0, MLET 3.0 (+ seed/10 each)
                 base = 2.0 if emb == "single" else 3.0
                 extra["spectrum"] = _spectrum([base - 0.5 + seed / 10, base + 0.5 + seed / 10])
+                # absent rows: single-layer never moves them; MLET 0.001, 0.002, 0.003 (mean 0.002, std
+                # 0.001) against 0.01 for the touched rows (ratio 0.2). Effective rank per epoch:
+                # single 2.0 then 1.8; MLET 3.0 then 3.5 (+ seed/10: means 3.1 and 3.6)
+                moved = 0.0 if emb == "single" else 0.001 * (seed + 1)
+                extra["absent_row_movement"] = {"absent_mean": moved, "absent_relative_mean": moved * 10,
+                                                "present_mean": 0.01, "steps_measured": 5}
+                ranks = [2.0, 1.8] if emb == "single" else [3.0 + seed / 10, 3.5 + seed / 10]
+                extra["effective_rank_history"] = [{"epoch": e, "step": 10 * (e + 1), "effective_rank_mean": r}
+                                                   for e, r in enumerate(ranks)]
             name = f"{model}-{emb}-d{d}-k{k}-s{seed}"
             write_record(root / name / "record.json", _record(model, emb, k, d, seed, auc, **extra))
     return root
@@ -241,3 +250,38 @@ def test_learning_rate_tuned_report_compares_best_tuned_arms(tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Tuning of `optimizer.lr` per arm" in md and "**chosen**" in md
     assert (tmp_path / "report" / "tuning.csv").is_file()
+
+
+def test_mechanism_tables_by_hand(records_dir, tmp_path):
+    res = build_report([records_dir], tmp_path / "report", plots=True)
+    mv = res["absent_rows"]
+    assert len(mv) == 2  # only m1 d=4 single and MLET k=64 hold the diagnostic
+    single = _row(mv, model="m1", embedding="single", k=None, dim=4)
+    assert single["absent_mean"] == 0 and single["absent_std"] == 0 and single["ratio_mean"] == 0
+    mlet = _row(mv, model="m1", embedding="mlet", k=64, dim=4)
+    assert mlet["absent_mean"] == pytest.approx(0.002) and mlet["absent_std"] == pytest.approx(0.001)
+    assert mlet["ratio_mean"] == pytest.approx(0.2) and mlet["seeds"] == 3
+    hist = res["effective_rank_history"]
+    assert list(_row(hist, embedding="mlet", epoch=1)[["erank_mean", "seeds"]]) == [pytest.approx(3.6), 3]
+    assert _row(hist, embedding="single", epoch=0)["erank_mean"] == pytest.approx(2.0)
+    assert _row(hist, embedding="mlet", epoch=0)["erank_std"] == pytest.approx(0.1)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| ds | m1 | mlet | 64 | 4 | 0.002000 ± 0.001000 | 0.020000 | 0.010000 | 0.2000 | 3.10 | 3.60 | 3 |" in md
+    assert "| ds | m1 | single | - | 4 | 0.000000 ± 0.000000 | 0.000000 | 0.010000 | 0.0000 | 2.00 | 1.80 | 3 |" in md
+    assert (tmp_path / "report" / "effective_rank_history_ds_m1.png").stat().st_size > 0
+
+
+def test_rare_buckets_per_arm_when_no_pair_shares_a_group(tmp_path):
+    # split by a config key that differs between the arms (as ablations split by tags): no single vs
+    # MLET pair exists, so the report lists each arm's bucket AUCs instead of a comparison
+    root = tmp_path / "runs"
+    for emb, k, variant, rare in (("single", None, "a", 0.61), ("mlet", 64, "b", 0.66)):
+        rec = _record("m1", emb, k, 4, 0, 0.7, buckets=_buckets([None, rare, 0.7, 0.75, 0.8]), bucket_field="rarest")
+        rec["config"]["variant"] = variant
+        write_record(root / emb / "record.json", rec)
+    res = build_report([root], tmp_path / "report", by=["variant"], plots=False)
+    assert res["buckets_compare"].empty and len(res["buckets"]) == 10
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| variant | data | model | embedding | k | d | 0 (10 rows) | 1-10 (20 rows) |" in md
+    assert "| b | ds | m1 | mlet | 64 | 4 | - | 0.6600 | 0.7000 | 0.7500 | 0.8000 |" in md
+    assert "| a | ds | m1 | single | - | 4 | - | 0.6100 |" in md
