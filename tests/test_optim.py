@@ -181,3 +181,20 @@ def test_table_lr_scale_multiplies_only_the_tables_learning_rate(name, tmp_path)
     assert lrs[id(table)] == pytest.approx(4 * lr)
     others = [lrs[id(p)] for p in module.net.model.parameters()]
     assert others and all(v == pytest.approx(lr) for v in others)
+
+
+@pytest.mark.parametrize("algo,sparse", [(torch.optim.SGD, None), (torch.optim.Adam, torch.optim.SparseAdam),
+                                         (torch.optim.Adam, None), (torch.optim.Adagrad, torch.optim.Adagrad)])
+def test_fixed_projection_is_not_updated_by_the_optimiser(algo, sparse):
+    # the ablation `experiment=ablation_fixed_projection`: B stays at its random init, A trains
+    torch.manual_seed(0)
+    emb = MLETEmbedding(CARDS, 4, 16, train_projection=False)
+    module = CTRModule(emb, DLRM(len(CARDS), 4, num_dense=3, bottom_mlp=[8], top_mlp=[16]),
+                       optimizer=spec(algo, sparse, lr=0.05))
+    projection, inner = emb.projection.detach().clone(), emb.inner.weight.detach().clone()
+    opt = module.configure_optimizers()
+    groups = [g for o in getattr(opt, "optimizers", [opt]) for g in o.param_groups]
+    assert groups and all(p is not emb.projection for g in groups for p in g["params"])
+    losses = train(module, 20)
+    assert torch.equal(emb.projection, projection) and emb.projection.grad is None
+    assert not torch.equal(emb.inner.weight, inner) and sum(losses[-5:]) < sum(losses[:5])
