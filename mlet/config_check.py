@@ -96,6 +96,8 @@ def check_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "datamodule
             for name, sub in node.items():
                 if isinstance(sub, DictConfig) and "_target_" in sub:
                     check_node(f"{group}.{name}", sub)
+    if cfg.get("keep_last_checkpoint", "auto") not in ("auto", True, False):
+        raise ConfigError(f"keep_last_checkpoint={cfg.keep_last_checkpoint!r}: expected auto, true or false")
     # ranges: build the embedding and the model once on a toy two-field schema
     try:
         embedding = instantiate(cfg.embedding)(cardinalities=[2, 3])

@@ -12,9 +12,12 @@
   a single-layer job whose record was written by the same job with another (ignored) inner_dim is
   skipped as a duplicate; inside a multirun, an MLET job with ``inner_dim < dim`` is skipped as
   invalid (a single run with it still fails with the embedding's error).
-* Every job's outcome (trained / exists / duplicate / invalid) is appended to
+* A job that fails inside a multirun does not stop the sweep: its error is logged (with the
+  traceback when it is not a config or input error), the outcome ``failed`` is noted, and the
+  other jobs go on. Started again, the sweep retrains it (no record was written).
+* Every job's outcome (trained / exists / duplicate / invalid / running / failed) is appended to
   ``<sweep dir>/sweep_jobs.jsonl``; the Hydra callback :class:`SweepSummary` logs the counts when
-  the multirun ends.
+  the multirun ends, names the failed jobs, and ends the process with exit status 1 if any failed.
 * wandb naming: ``${mlet.run_name:}`` (the job name without the hash), ``${mlet.sweep_group:}``
   (the sweep directory's name in a multirun, else null) and ``${mlet.run_tags:}`` (``data:...``,
   ``model:...``, ``embedding:...``, ``d:...``, ``k:...`` plus the config's ``tags``).
@@ -44,12 +47,13 @@ log = logging.getLogger("mlet.sweep")
 JOBS_LOG = "sweep_jobs.jsonl"
 # Overrides that are part of a job's name, or change nothing in its result: kept out of the hash.
 NAMED_KEYS = {"data", "model", "embedding", "embedding.dim", "embedding.inner_dim", "seed"}
-NEUTRAL_KEYS = {"sweep", "force", "tags", "logger", "trainer.enable_progress_bar"}
+NEUTRAL_KEYS = {"sweep", "force", "tags", "logger", "trainer.enable_progress_bar", "keep_last_checkpoint"}
 NEUTRAL_PREFIXES = ("hydra.", "logger.", "paths.")
 SKIP_MESSAGES = {
     "exists": "record exists",
     "duplicate": "duplicate",
     "invalid": "invalid combination",
+    "running": "another process is training it",
 }
 
 
@@ -168,7 +172,7 @@ def register_resolvers() -> None:
 
 
 # ---- skipping finished, duplicate and invalid jobs ---------------------------------------------
-def _multirun() -> bool:
+def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -180,7 +184,7 @@ def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, dict | Non
     dim = OmegaConf.select(cfg, "embedding.dim", default=None)
     k = OmegaConf.select(cfg, "embedding.inner_dim", default=None)
     is_mlet = str(OmegaConf.select(cfg, "embedding._target_", default="")).endswith("MLETEmbedding")
-    if _multirun() and is_mlet and isinstance(dim, int) and isinstance(k, int) and k < dim:
+    if in_multirun() and is_mlet and isinstance(dim, int) and isinstance(k, int) and k < dim:
         return "invalid", f"invalid: embedding.inner_dim={k} < embedding.dim={dim} (MLET needs inner_dim >= dim)", None
     path = output_dir / RECORD_NAME
     if cfg.get("force", False) or not path.is_file():
@@ -248,9 +252,9 @@ def job_lock(output_dir: Path):
 
 def note_outcome(output_dir: Path, status: str, reason: str | None = None) -> None:
     """Log a skipped job, and in a multirun append the outcome to ``<sweep dir>/sweep_jobs.jsonl``."""
-    if status != "trained":
+    if status not in ("trained", "failed"):
         log.info("skipped: %s", reason or status)
-    if not _multirun():
+    if not in_multirun():
         return
     sweep_dir = Path(str(HydraConfig.get().sweep.dir))
     line = json.dumps({"time": time.time(), "job": output_dir.name, "status": status, "reason": reason})
@@ -259,23 +263,32 @@ def note_outcome(output_dir: Path, status: str, reason: str | None = None) -> No
         fh.write(line + "\n")
 
 
-def summarize(sweep_dir: Path, since: float = 0.0) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def read_outcomes(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
+    """The outcome lines of ``<sweep dir>/sweep_jobs.jsonl`` written at or after ``since``."""
     path = Path(sweep_dir) / JOBS_LOG
     if not path.is_file():
-        return counts
+        return []
+    entries = []
     for line in path.read_text().splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
         if entry.get("time", 0) >= since:
-            counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+            entries.append(entry)
+    return entries
+
+
+def summarize(sweep_dir: Path, since: float = 0.0) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for entry in read_outcomes(sweep_dir, since):
+        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
     return counts
 
 
 class SweepSummary(Callback):
-    """Hydra callback: logs how many jobs of the multirun trained and how many were skipped, why."""
+    """Hydra callback: logs how many jobs of the multirun trained, were skipped (why) or failed;
+    a sweep with failed jobs ends with exit status 1 once every other job has run."""
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -285,10 +298,18 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        outcomes = read_outcomes(sweep_dir, self.started)
         counts = summarize(sweep_dir, self.started)
-        total = sum(counts.values())
         parts = [f"{counts.get('trained', 0)} trained"]
-        for status in ("exists", "duplicate", "invalid"):
+        for status in SKIP_MESSAGES:
             if counts.get(status):
                 parts.append(f"{counts[status]} skipped ({SKIP_MESSAGES[status]})")
-        log.info("sweep summary: %d jobs: %s; outcomes in %s", total, ", ".join(parts), sweep_dir / JOBS_LOG)
+        failed = [e for e in outcomes if e["status"] == "failed"]
+        if failed:
+            parts.append(f"{len(failed)} failed")
+        log.info("sweep summary: %d jobs: %s; outcomes in %s", len(outcomes), ", ".join(parts), sweep_dir / JOBS_LOG)
+        if failed:
+            for entry in failed:
+                log.error("failed: %s: %s", entry["job"], entry.get("reason"))
+            log.error("%d job(s) failed; start the same sweep again to retrain only them", len(failed))
+            raise SystemExit(1)

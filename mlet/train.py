@@ -92,6 +92,16 @@ def _resume_from(ckpt_path: str | None, output_dir: Path) -> str | None:
     return None
 
 
+def _drop_resume_checkpoints(cfg: DictConfig, output_dir: Path, keep: str) -> None:
+    """Delete ``last*.ckpt`` of a finished run as ``keep_last_checkpoint`` says (auto: in a multirun)."""
+    setting = cfg.get("keep_last_checkpoint", "auto")  # checked by check_config
+    if setting is True or (setting == "auto" and not sweep.in_multirun()):
+        return
+    for path in (output_dir / "checkpoints").glob("last*.ckpt"):
+        if str(path) != keep:
+            path.unlink(missing_ok=True)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test as the config says; returns the run record.
 
@@ -133,6 +143,8 @@ def _train(cfg: DictConfig, output_dir: Path, started: float) -> dict[str, Any]:
     record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started)
     write_record(output_dir / "record.json", record)
     sweep.note_outcome(output_dir, "trained")
+    if trainer.is_global_zero:
+        _drop_resume_checkpoints(cfg, output_dir, keep=ckpt)
     for lg in loggers:
         if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
             lg.experiment.summary.update({k: v for k, v in record.items() if k != "config"})
@@ -193,14 +205,27 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
     }
 
 
+# Config and input errors: one line, no traceback (a bug elsewhere keeps its traceback).
+EXPECTED_ERRORS = (UserError, ValueError, OSError, FloatingPointError, InstantiationException)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         record = run(cfg)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()  # a gloo group left to interpreter teardown can abort the process
-    except (UserError, ValueError, OSError, FloatingPointError, InstantiationException) as exc:
+    except Exception as exc:
+        expected = isinstance(exc, EXPECTED_ERRORS)
         cause = _root_cause(exc)
+        if sweep.in_multirun():
+            # one failed job must not stop the others: noted, then counted by the sweep summary,
+            # which ends the multirun with exit status 1 (mlet.sweep.SweepSummary)
+            log.error("job failed: %s", cause, exc_info=None if expected else exc)
+            sweep.note_outcome(Path(cfg.paths.output_dir), "failed", f"{type(cause).__name__}: {cause}")
+            return None
+        if not expected:
+            raise
         print(f"mlet-train: error: {cause}", file=sys.stderr)
         sys.exit(2)
     return record.get("val_auc")

@@ -128,6 +128,10 @@ def test_sweep_end_to_end_resumes_and_reports(tmp_path):
     mtimes = [p.stat().st_mtime_ns for p in records]
     log = proc.stdout + proc.stderr
     assert "sweep summary: 2 jobs: 2 trained" in log
+    # a finished sweep job is never resumed (it is skipped): only its best checkpoint stays
+    for record in records:
+        best = json.loads(record.read_text())["best_checkpoint"]
+        assert [p.name for p in (record.parent / "checkpoints").iterdir()] == [best.rsplit("/", 1)[-1]]
 
     proc = run_cli(args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -148,6 +152,30 @@ def test_sweep_end_to_end_resumes_and_reports(tmp_path):
     assert "| synthetic | dlrm | single | - | 4 |" in md and "| synthetic | dlrm | mlet | 16 | 4 |" in md
     reduction = (out / "dim_reduction.csv").read_text().splitlines()
     assert len(reduction) == 2 and reduction[1].startswith("synthetic,dlrm,16.0,4,")
+
+
+def test_a_failed_job_does_not_stop_the_sweep_and_fails_it_at_the_end(tmp_path):
+    """The first of two jobs fails (lr=-1): the second still trains, the failure is noted with its
+    reason, the summary names it, the exit status is 1; started again, only the failed job reruns."""
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *TINY, "embedding=single", "trainer.max_epochs=1", "data.rows=1000", "optimizer.lr=-1,0.01",
+            f"hydra.sweep.dir={sweep_dir}"]
+    proc = run_cli(args, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    records = list(sweep_dir.glob("*/record.json"))
+    assert len(records) == 1
+    assert json.loads(records[0].read_text())["config"]["optimizer"]["lr"] == 0.01
+    outcomes = [json.loads(line) for line in (sweep_dir / "sweep_jobs.jsonl").read_text().splitlines()]
+    assert [o["status"] for o in outcomes] == ["failed", "trained"]
+    assert "optimizer.lr must be positive" in outcomes[0]["reason"]
+    assert "sweep summary: 2 jobs: 1 trained, 1 failed" in log
+    assert f"failed: {outcomes[0]['job']}: ValueError: optimizer.lr must be positive" in log
+
+    proc = run_cli(args, cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert "sweep summary: 2 jobs: 0 trained, 1 skipped (record exists), 1 failed" in log
 
 
 def test_reproduce_paper_script_dry_run():

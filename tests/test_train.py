@@ -92,6 +92,7 @@ def test_cli_multirun_two_points(tmp_path):
         ("embedding=foo", "embedding"),
         ("embedding.dim=0", "embedding.dim must be a positive integer"),
         ("embedding.inner_dim=2", "inner_dim >= dim"),
+        ("keep_last_checkpoint=sometimes", "keep_last_checkpoint='sometimes': expected auto, true or false"),
     ],
 )
 def test_cli_bad_input_is_one_clear_line(override, needle, tmp_path):
@@ -178,6 +179,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
         ("embedding.share_projection=maybe", "embedding.share_projection='maybe': expected bool"),
         ("+model.hidden=[3]", "model.hidden: not a setting"),
         ("embedding.inner_dim=2", "inner_dim >= dim"),
+        ("keep_last_checkpoint=sometimes", "keep_last_checkpoint='sometimes': expected auto, true or false"),
     ],
 )
 def test_config_is_checked_before_any_work(override, needle, tmp_path, monkeypatch):
