@@ -196,7 +196,9 @@ def dim_reduction(table: pd.DataFrame, by: Sequence[str] = (), tolerance: float 
                 else:
                     d = int(hit.iloc[0]["dim"])
                     row.update(mlet_dim=d, mlet_auc=float(hit.iloc[0]["auc_mean"]), factor=ref_d / d, reached=True)
-                    if single_d is not None and single_d <= d:
+                    if d >= ref_d:
+                        row["note"] = "no reduction: MLET needs the reference d"
+                    elif single_d is not None and single_d <= d:
                         row["note"] = f"single-layer reaches it at d={single_d} too"
                     else:
                         row["beats_single"] = True

@@ -143,6 +143,14 @@ def test_flat_single_layer_curve_is_flagged(records_dir, tmp_path):
     assert (s["pairs"], s["reached"], s["beats_single"]) == (4, 4, 1)
 
 
+def test_mlet_reaching_the_reference_only_at_the_reference_d_is_no_reduction(records_dir, tmp_path):
+    # reference d = 4 for m1: single 0.71, which MLET k=64 reaches first at d=4, the reference d itself
+    res = build_report([records_dir], tmp_path / "ref4", reference_dim=4, plots=False)
+    r = _row(res["dim_reduction"], model="m1", k=64)
+    assert (r["mlet_dim"], r["factor"], r["single_dim"]) == (4, 1, 4)
+    assert not r["beats_single"] and r["note"] == "no reduction: MLET needs the reference d"
+
+
 def test_tolerance_and_reference_dim(records_dir, tmp_path):
     res = build_report([records_dir], tmp_path / "tol", tolerance=0.005, plots=False)
     red = res["dim_reduction"]
