@@ -22,10 +22,14 @@ synthetic() {
   # 3e-2 for both arms, and 3e-4 for MLET, whose best was 1e-3 at d = 2 and 4.
   mlet-train -m +sweep=lr embedding=single model=dlrm optimizer.lr=0.001,0.003,0.01,0.03 $J
   mlet-train -m +sweep=lr embedding=mlet model=dlrm optimizer.lr=0.0003,0.001,0.003,0.01,0.03 $J
-  # dimension sweep of the heavier BARS-sized models, k = 64 (AutoInt+ was not run here: time)
-  for m in xdeepfm dcnv2; do
+  # dimension sweep of the heavier BARS-sized models, k = 64, and k = 256 for xDeepFM and DCNv2
+  # (AutoInt+ at k = 256 was not run here: time)
+  for m in xdeepfm dcnv2 autoint_plus; do
     mlet-train -m +sweep=dims embedding=single model=$m $J
     mlet-train -m +sweep=dims embedding=mlet model=$m $J
+  done
+  for m in dcnv2 xdeepfm; do
+    mlet-train -m +sweep=dims embedding=mlet embedding.inner_dim=256 model=$m $J
   done
   # AUC against k: DLRM at d = 8, k = 8 .. 512
   mlet-train -m +sweep=inner model=dlrm $J
