@@ -32,6 +32,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -279,13 +280,6 @@ def read_outcomes(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
     return entries
 
 
-def summarize(sweep_dir: Path, since: float = 0.0) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for entry in read_outcomes(sweep_dir, since):
-        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
-    return counts
-
-
 class SweepSummary(Callback):
     """Hydra callback: logs how many jobs of the multirun trained, were skipped (why) or failed;
     a sweep with failed jobs ends with exit status 1 once every other job has run."""
@@ -299,7 +293,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         outcomes = read_outcomes(sweep_dir, self.started)
-        counts = summarize(sweep_dir, self.started)
+        counts = Counter(e["status"] for e in outcomes)
         parts = [f"{counts.get('trained', 0)} trained"]
         for status in SKIP_MESSAGES:
             if counts.get(status):
