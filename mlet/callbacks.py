@@ -1,7 +1,7 @@
 """Lightning callbacks that add analyses to the run record.
 
 A callback with a ``record_items() -> dict`` method contributes those items to ``record.json``
-(``mlet.train.make_record`` merges them); the computations themselves live in
+(``mlet.job.make_record`` merges them); the computations themselves live in
 :mod:`mlet.analysis`.
 
 * :class:`FrequencyBuckets`: test AUC/logloss per training-frequency bucket -> ``record["buckets"]``.

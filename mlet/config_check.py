@@ -19,8 +19,10 @@ from typing import Any
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from mlet.errors import MletError
 
-class ConfigError(ValueError):
+
+class ConfigError(MletError, ValueError):
     """A config value that cannot work; the message names the key."""
 
 

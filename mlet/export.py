@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from mlet.embeddings import SingleLayerEmbedding
 from mlet.module import CTRNet
+from mlet.errors import MletError
 from mlet.records import write_record
 
 EXPORT_NAME = "model.pt2"
@@ -34,8 +35,8 @@ SPEC_NAME = "model.json"
 VOCAB_NAME = "vocab.npy"
 
 
-class ExportError(Exception):
-    pass
+class ExportError(MletError):
+    """A run folder or checkpoint that cannot be exported."""
 
 
 def locate(target: str | Path) -> tuple[Path, Path]:
@@ -59,7 +60,7 @@ def locate(target: str | Path) -> tuple[Path, Path]:
 
 def load_collapsed(target: str | Path) -> tuple[CTRNet, dict, Path]:
     """The collapsed network of a run (eval mode, CPU), its run spec, and the checkpoint used."""
-    from mlet.train import build_module  # the same builder as training: one way to make a module
+    from mlet.job import build_module  # the same builder as training: one way to make a module
 
     run_dir, ckpt = locate(target)
     for name in ("config.yaml", "schema.json"):

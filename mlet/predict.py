@@ -35,11 +35,12 @@ from typing import Iterator, TextIO
 import numpy as np
 import torch
 
+from mlet.errors import MletError
 from mlet.export import EXPORT_NAME, SPEC_NAME, data_source
 
 
-class PredictError(Exception):
-    pass
+class PredictError(MletError):
+    """An export folder or input file that cannot be predicted on."""
 
 
 class Vocabulary:

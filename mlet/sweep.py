@@ -7,7 +7,7 @@
   differing in anything else never share a directory. A single-layer job's name has no ``k``:
   ``embedding.inner_dim`` is ignored by a single-layer table, so the single-layer jobs of a sweep
   over k are one job, run once.
-* Skipping (``skip_reason``, called first thing in ``mlet.train.run``): a job whose directory
+* Skipping (``skip_reason``, called first thing in ``mlet.job.run``): a job whose directory
   already holds a ``record.json`` is skipped ("skipped: record exists"), unless ``force=true``;
   a single-layer job whose record was written by the same job with another (ignored) inner_dim is
   skipped as a duplicate; inside a multirun, an MLET job with ``inner_dim < dim`` is skipped as

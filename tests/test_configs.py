@@ -6,7 +6,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from mlet.train import CONFIG_DIR, build
+from mlet.job import build
+from mlet.train import CONFIG_DIR
 from tests.conftest import TINY, compose_cfg
 
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in {"hydra", "experiment", "sweep"})

@@ -6,7 +6,7 @@ import torch
 
 import mlet.embeddings.mlet as mlet_mod
 from mlet.embeddings import MLETEmbedding, SingleLayerEmbedding
-from mlet.train import build
+from mlet.job import build
 from tests.conftest import TINY, compose_cfg
 
 

@@ -7,7 +7,7 @@ import torch
 
 from mlet.data import SyntheticCTR
 from mlet.export import EXPORT_NAME, main as export_main
-from mlet.train import run
+from mlet.job import run
 from tests.conftest import TINY, compose_cfg
 
 

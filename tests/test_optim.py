@@ -11,7 +11,7 @@ from mlet.embeddings import MLETEmbedding, SingleLayerEmbedding
 from mlet.models.dlrm import DLRM
 from mlet.module import CTRModule
 from mlet.optim import CombinedOptimizer, SparseAwareOptimizer
-from mlet.train import build
+from mlet.job import build
 from tests.conftest import TINY, compose_cfg
 
 CARDS = [40, 7, 300, 1000]
@@ -154,7 +154,7 @@ def test_optimizer_config_sets_the_embedding_sparse_flag(option, sparse, embeddi
 
 
 def test_lightning_fit_and_resume_with_combined_optimizer(tmp_path):
-    from mlet.train import run
+    from mlet.job import run
 
     common = [*TINY, "optimizer=sparse_adam", "embedding=mlet", "callbacks.early_stopping.patience=5"]
     first = run(compose_cfg([*common, "trainer.max_epochs=1"], tmp_path / "a"))
@@ -170,7 +170,7 @@ def test_lightning_fit_and_resume_with_combined_optimizer(tmp_path):
 def test_table_lr_scale_multiplies_only_the_tables_learning_rate(name, tmp_path):
     """The lr-matched single-layer control: the table learns at lr * scale, the MLP at lr."""
     from tests.conftest import TINY, compose_cfg
-    from mlet.train import build
+    from mlet.job import build
 
     cfg = compose_cfg([*TINY, "embedding=single", f"optimizer={name}", "optimizer.table_lr_scale=4"], tmp_path)
     _, module = build(cfg)

@@ -10,7 +10,7 @@ import torch
 
 from mlet.export import SPEC_NAME, VOCAB_NAME, data_source, load_collapsed, main as export_main
 from mlet.predict import Vocabulary, batches, main as predict_main, raw_source
-from mlet.train import run
+from mlet.job import run
 from tests.conftest import TINY, compose_cfg
 from tests.data.rawdata import criteo_line, criteo_rows, write_criteo
 

@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
-from mlet.train import build
+from mlet.job import build
 from tests.conftest import TINY, compose_cfg
 
 

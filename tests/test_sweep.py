@@ -13,7 +13,7 @@ from omegaconf import open_dict, read_write
 from mlet import sweep
 from mlet.records import write_record
 from mlet.report import main as report_main
-from mlet.train import run
+from mlet.job import run
 from tests.conftest import TINY, compose_cfg, run_cli
 
 
@@ -236,7 +236,7 @@ def test_run_skips_a_job_another_process_is_training(tmp_path):
     import socket
 
     from mlet.sweep import LOCK_NAME
-    from mlet.train import run
+    from mlet.job import run
     from tests.conftest import TINY, compose_cfg
 
     cfg = compose_cfg(TINY, tmp_path)
@@ -250,7 +250,7 @@ def test_record_write_errors_surface(tmp_path, monkeypatch):
     import errno
     import os as _os
 
-    from mlet.train import run
+    from mlet.job import run
     from tests.conftest import TINY, compose_cfg
 
     real_replace = _os.replace

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlet.train import run
+from mlet.job import run
 from tests.conftest import TINY, compose_cfg, run_cli
 
 REQUIRED = {
@@ -39,7 +39,7 @@ def test_train_writes_record_and_learns(embedding, tmp_path):
 
 def test_evaluation_scores_the_collapsed_model(tmp_path):
     cfg = compose_cfg([*TINY, "embedding=mlet", "trainer.max_epochs=1"], tmp_path)
-    from mlet.train import build
+    from mlet.job import build
     from mlet.metrics import auc
 
     datamodule, module = build(cfg)

@@ -32,6 +32,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mlet.data import splits as S
+from mlet.errors import MletError
 from mlet.data.pipeline import Chunk, ParseContext, PreparedSource, Segment
 from mlet.data.textparse import token_keys
 
@@ -42,8 +43,8 @@ FIELDS = ["user_id", "item_id", "age", "gender", "occupation", "zip_code", "rele
 GENRE_MODES = ("combination", "first")
 
 
-class DownloadError(RuntimeError):
-    pass
+class DownloadError(MletError, RuntimeError):
+    """The MovieLens-100K files could not be fetched."""
 
 
 def _complete(folder: Path) -> bool:

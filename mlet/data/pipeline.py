@@ -54,6 +54,7 @@ import numpy as np
 
 from mlet.data import splits as S
 from mlet.data.arrays import CTRArrays
+from mlet.errors import MletError
 from mlet.data.textparse import LINE, Block, RowErrors, Tokens, field_text, open_binary, read_blocks
 
 log = logging.getLogger("mlet.data")
@@ -66,7 +67,7 @@ _MAX_EXAMPLES = 10
 
 
 # ---- errors ------------------------------------------------------------------------------------
-class BadLineError(ValueError):
+class BadLineError(MletError, ValueError):
     """A raw line that cannot be parsed. ``str()`` names the file, the line and the field."""
 
     def __init__(self, path: str, line: int, field_name: str, reason: str, segment: int = -1, local: bool = False):

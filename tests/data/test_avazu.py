@@ -131,7 +131,7 @@ def test_predecessor_preset_trains_from_a_raw_file(preset, tmp_path):
     """One command per published setting: the preset, a raw file, an MLET with the authors' init."""
     from rawdata import criteo_rows, write_criteo
 
-    from mlet.train import run
+    from mlet.job import run
     from tests.conftest import compose_cfg
 
     if "avazu" in preset:

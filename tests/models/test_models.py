@@ -185,7 +185,7 @@ def test_learns_synthetic_data(name, datamodule):
 @pytest.mark.parametrize("name", NAMES)
 def test_builds_from_train_config(name, tmp_path):
     """``mlet-train model=<name>``: the Hydra group composes and ``mlet.train.build`` supplies F, d, D."""
-    from mlet.train import build
+    from mlet.job import build
     from tests.conftest import compose_cfg
 
     model_overrides = [f"model.{k}={json.dumps(v)}" for k, v in TINY[name].items()]
