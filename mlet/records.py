@@ -28,7 +28,15 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``record`` as JSON to ``path`` atomically, readable like any other file the run writes
+    (mode 0666 less the umask; ``mkstemp`` alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".record.", suffix=".tmp", dir=path.parent)
@@ -37,6 +45,7 @@ def write_record(path: str | os.PathLike, record: dict[str, Any]) -> Path:
             json.dump(_clean(record), fh, indent=2, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Generated raw files with every quirk of the real formats (DESIGN.md), and tiny per-line
+"""Generated raw files with every quirk of the real formats, and tiny per-line
 reference parsers that compute the expected arrays independently of the pipeline.
 
 Nothing here imports the pipeline's parsing helpers: the references are plain Python, one line
