@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlet.models.layers import MLP, DenseField, FirstOrder, check_contract, check_positive, flat_input
+from mlet.models.layers import DeepTower, DenseField, FirstOrder, check_contract, check_positive
 
 
 class SelfAttentionLayer(nn.Module):
@@ -122,11 +122,7 @@ class AutoInt(nn.Module):
         )
         self.attention_out = nn.Linear(fields * attention_dim, 1)
         self.wide_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False) if use_wide else None
-        self.deep_arch = (
-            MLP(num_fields * embed_dim + num_dense, hidden, 1, activation=activation, dropout=dropout, batch_norm=batch_norm)
-            if hidden
-            else None
-        )
+        self.deep_arch = DeepTower(num_fields, embed_dim, num_dense, hidden, activation=activation, dropout=dropout, batch_norm=batch_norm) if hidden else None
 
     def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         attended = self.attention_arch(self.dense_field(embedded, dense))
@@ -134,7 +130,7 @@ class AutoInt(nn.Module):
         if self.wide_arch is not None:
             logit = logit + self.wide_arch(embedded, dense)
         if self.deep_arch is not None:
-            logit = logit + self.deep_arch(flat_input(embedded, dense)).squeeze(-1)
+            logit = logit + self.deep_arch(embedded, dense)
         return logit
 
 

@@ -11,7 +11,7 @@ and ``over_arch`` is one ``Linear`` on their concatenation (the paper's combinat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -32,11 +32,13 @@ class CrossLayer(nn.Module):
 
 
 class CrossNet(nn.Module):
-    """``num_layers`` :class:`CrossLayer` s, all reading the same ``x0``."""
+    """``num_layers`` cross layers, all reading the same ``x0``: DCN's :class:`CrossLayer` by
+    default, DCNv2's full-rank ``CrossLayerV2`` with ``layer=CrossLayerV2``. ``layer(dim)`` builds
+    one layer, called as ``layer(x0, x_l)``."""
 
-    def __init__(self, dim: int, num_layers: int) -> None:
+    def __init__(self, dim: int, num_layers: int, layer: Callable[[int], nn.Module] = CrossLayer) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(CrossLayer(dim) for _ in range(num_layers))
+        self.layers = nn.ModuleList(layer(dim) for _ in range(num_layers))
         self.out_features = dim
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:

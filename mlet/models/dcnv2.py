@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mlet.models.dcn import CrossNet
 from mlet.models.layers import MLP, check_contract, check_positive, flat_input
 
 STRUCTURES = ("stacked", "parallel")
@@ -58,21 +59,6 @@ class MixtureCrossLayer(nn.Module):
         u = torch.einsum("edr,ber->bed", self.U, v)  # U_i v
         experts = x0.unsqueeze(1) * (u + self.bias)  # [B, E, D0]
         return torch.einsum("be,bed->bd", gates, experts) + xl
-
-
-class CrossNetV2(nn.Module):
-    """``num_layers`` full-rank cross layers."""
-
-    def __init__(self, dim: int, num_layers: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(CrossLayerV2(dim) for _ in range(num_layers))
-        self.out_features = dim
-
-    def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        x = x0
-        for layer in self.layers:
-            x = layer(x0, x)
-        return x
 
 
 class CrossNetMix(nn.Module):
@@ -129,7 +115,7 @@ class DCNv2(nn.Module):
         self.cross_arch = (
             CrossNetMix(in_features, cross_layers, low_rank, num_experts)
             if low_rank_mixture
-            else CrossNetV2(in_features, cross_layers)
+            else CrossNet(in_features, cross_layers, layer=CrossLayerV2)
         )
         self.deep_arch = MLP(in_features, hidden, None, activation=activation, dropout=dropout, batch_norm=batch_norm)
         over_in = self.deep_arch.out_features

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mlet.models.layers import MLP, DenseField, FirstOrder, FMInteraction, check_contract, flat_input
+from mlet.models.layers import DeepTower, DenseField, FirstOrder, FMInteraction, check_contract
 
 
 class DeepFM(nn.Module):
@@ -40,10 +40,8 @@ class DeepFM(nn.Module):
         self.linear_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=True)
         self.dense_field = DenseField(num_dense, embed_dim)
         self.fm_arch = FMInteraction()
-        self.deep_arch = MLP(
-            num_fields * embed_dim + num_dense, hidden, 1, activation=activation, dropout=dropout, batch_norm=batch_norm
-        )
+        self.deep_arch = DeepTower(num_fields, embed_dim, num_dense, hidden, activation=activation, dropout=dropout, batch_norm=batch_norm)
 
     def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         fm = self.linear_arch(embedded, dense) + self.fm_arch(self.dense_field(embedded, dense))
-        return fm + self.deep_arch(flat_input(embedded, dense)).squeeze(-1)
+        return fm + self.deep_arch(embedded, dense)

@@ -7,6 +7,7 @@ The pieces here are the ones several models share:
 * :class:`DenseField` - the dense vector as one more embedded field, for models whose paper has
   no dense path but interacts fields (FM, DeepFM, xDeepFM, AutoInt, FiBiNET).
 * :func:`flat_input` - ``[flatten(embedded), dense]``: the input of a DNN or of a cross network.
+* :class:`DeepTower` - the DNN over that flat input, one logit (DeepFM, WDL, xDeepFM, AutoInt+).
 * :class:`FirstOrder` - the linear (first-order, "wide", LR) term.
 * :class:`FMInteraction` - the FM second-order term.
 * :class:`DotInteraction` - DLRM's pairwise dot products.
@@ -85,6 +86,18 @@ class MLP(nn.Sequential):
 def flat_input(embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """``[flatten(embedded[B, F, d]), dense[B, D]]`` -> ``[B, F d + D]`` (``D`` may be 0)."""
     return torch.cat([embedded.flatten(1), dense.to(embedded.dtype)], dim=1)
+
+
+class DeepTower(MLP):
+    """The DNN over ``[flatten(embedded), dense]`` -> logit ``[B]``: the deep part that DeepFM, WDL,
+    xDeepFM and AutoInt+ add to their interaction. An :class:`MLP` (same parameter names) whose
+    input is the embedded fields and the dense features."""
+
+    def __init__(self, num_fields: int, embed_dim: int, num_dense: int, hidden: Sequence[int], **mlp) -> None:
+        super().__init__(num_fields * embed_dim + num_dense, hidden, 1, **mlp)
+
+    def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(flat_input(embedded, dense)).squeeze(-1)
 
 
 class DenseField(nn.Module):

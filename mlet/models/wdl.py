@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mlet.models.layers import MLP, FirstOrder, check_contract, flat_input
+from mlet.models.layers import DeepTower, FirstOrder, check_contract
 
 
 class WDL(nn.Module):
@@ -39,9 +39,7 @@ class WDL(nn.Module):
         super().__init__()
         check_contract("WDL", num_fields, embed_dim, num_dense)
         self.wide_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False)
-        self.deep_arch = MLP(
-            num_fields * embed_dim + num_dense, hidden, 1, activation=activation, dropout=dropout, batch_norm=batch_norm
-        )
+        self.deep_arch = DeepTower(num_fields, embed_dim, num_dense, hidden, activation=activation, dropout=dropout, batch_norm=batch_norm)
 
     def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return self.wide_arch(embedded, dense) + self.deep_arch(flat_input(embedded, dense)).squeeze(-1)
+        return self.wide_arch(embedded, dense) + self.deep_arch(embedded, dense)

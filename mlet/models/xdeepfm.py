@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mlet.models.layers import MLP, DenseField, FirstOrder, check_contract, check_positive, flat_input
+from mlet.models.layers import DeepTower, DenseField, FirstOrder, check_contract, check_positive
 
 
 class CIN(nn.Module):
@@ -78,15 +78,11 @@ class XDeepFM(nn.Module):
         self.dense_field = DenseField(num_dense, embed_dim)
         self.cin_arch = CIN(num_fields + self.dense_field.extra_fields, cin_layer_units)
         self.cin_out = nn.Linear(self.cin_arch.out_features, 1)
-        self.deep_arch = (
-            MLP(num_fields * embed_dim + num_dense, hidden, 1, activation=activation, dropout=dropout, batch_norm=batch_norm)
-            if hidden
-            else None
-        )
+        self.deep_arch = DeepTower(num_fields, embed_dim, num_dense, hidden, activation=activation, dropout=dropout, batch_norm=batch_norm) if hidden else None
 
     def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         logit = self.linear_arch(embedded, dense)
         logit = logit + self.cin_out(self.cin_arch(self.dense_field(embedded, dense))).squeeze(-1)
         if self.deep_arch is not None:
-            logit = logit + self.deep_arch(flat_input(embedded, dense)).squeeze(-1)
+            logit = logit + self.deep_arch(embedded, dense)
         return logit

@@ -11,7 +11,7 @@ import torch
 from mlet.models import DCN, DLRM, XDeepFM
 from mlet.models.autoint import AutoInt, SelfAttentionLayer
 from mlet.models.dcn import CrossLayer, CrossNet
-from mlet.models.dcnv2 import CrossLayerV2, CrossNetMix, CrossNetV2
+from mlet.models.dcnv2 import CrossLayerV2, CrossNetMix
 from mlet.models.fibinet import SENET, BilinearInteraction
 from mlet.models.layers import DenseField, DotInteraction, FirstOrder, FMInteraction
 from mlet.models.xdeepfm import CIN
@@ -46,7 +46,7 @@ def test_dcn_count():
 
 def test_dcnv2_full_rank_count():
     # W in R^{D0 x D0} and b in R^{D0} per layer: L (D0^2 + D0) = 2 * (100 + 10) = 220.
-    assert count(CrossNetV2(D0, 2)) == 2 * (10 * 10 + 10) == 220
+    assert count(CrossNet(D0, 2, layer=CrossLayerV2)) == 2 * (10 * 10 + 10) == 220
 
 
 def test_dcnv2_low_rank_mixture_count():
