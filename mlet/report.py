@@ -274,6 +274,30 @@ def _methods(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["embedding"] != REFERENCE]
 
 
+def with_reference(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """``df`` with each single-layer row that lacks a ``by`` setting (one it does not have, e.g.
+    ``embedding.init``) repeated for every combination of ``by`` values that the other kinds of the
+    same data and model were run with and that agrees with the settings it has, so that it is the
+    reference of each of them. Rows that match no such combination stay as they are."""
+    by = [c for c in by if c in df]
+    if df.empty or not by:
+        return df
+    ref = df["embedding"] == REFERENCE
+    lacking = ref & df[by].isna().any(axis=1)
+    if not lacking.any():
+        return df
+    combos = df.loc[~ref, [*KEYS, *by]].drop_duplicates()
+    rows = df[lacking].reset_index(drop=True)
+    pairs = rows.drop(columns=by).reset_index(names="_row").merge(combos, on=KEYS, how="inner")
+    own = rows[by].loc[pairs["_row"]].reset_index(drop=True)
+    agree = np.logical_and.reduce([own[c].isna().to_numpy() | (own[c].to_numpy() == pairs[c].to_numpy())
+                                   for c in by])
+    pairs = pairs[agree]
+    alone = rows[~rows.index.isin(pairs["_row"])]
+    out = pd.concat([df[~lacking], pairs.drop(columns="_row"), alone], ignore_index=True)[list(df.columns)]
+    return _ordered(out, by, then=[c for c in ("_order", "epoch") if c in out])
+
+
 def auc_vs_dim(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """Mean and standard deviation over seeds of test AUC and logloss, and the number of seeds."""
     scored = runs.dropna(subset=["test_auc"])
@@ -295,7 +319,7 @@ def dim_reduction(table: pd.DataFrame, by: Sequence[str] = (), tolerance: float 
     """Per (dataset, model, method): the method's smallest d matching the single-layer reference
     (a method: an embedding kind other than the reference, and its k)."""
     rows = []
-    for key, group in table.groupby([*by, *KEYS], dropna=False, sort=True):
+    for key, group in with_reference(table, by).groupby([*by, *KEYS], dropna=False, sort=True):
         key = dict(zip([*by, *KEYS], key if isinstance(key, tuple) else (key,)))
         single = group[group["embedding"] == REFERENCE].set_index("dim")
         methods = _methods(group)
@@ -372,6 +396,7 @@ def auc_vs_inner_dim(table: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFram
     methods = _methods(table)
     swept = methods.groupby([*keys, "embedding"], dropna=False)["k"].transform("nunique") > 1
     out = methods[swept].copy()
+    table = with_reference(table, by)
     single = table[table["embedding"] == REFERENCE][[*keys, "auc_mean", "auc_std", "seeds"]].rename(
         columns={"auc_mean": "single_auc_mean", "auc_std": "single_auc_std", "seeds": "single_seeds"})
     out = out.merge(single, on=keys, how="left")
@@ -417,6 +442,7 @@ def bucket_table(buckets: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
 def bucket_compare(btable: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """Single-layer vs each method per frequency bucket at equal d: AUC, logloss and the gain."""
     keys = [*by, *KEYS, "dim", "_order", "bucket"]
+    btable = with_reference(btable, by)
     single = btable[btable["embedding"] == REFERENCE][[*keys, "rows", "auc_mean", "logloss_mean", "seeds"]].rename(
         columns={"auc_mean": "single_auc", "logloss_mean": "single_logloss", "seeds": "single_seeds"})
     other = _methods(btable)[[*keys, *SERIES, "auc_mean", "logloss_mean", "seeds"]].rename(
@@ -511,6 +537,11 @@ def _k(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
 
 
+def _cell(value) -> str:
+    """A config value in a table: ``-`` where the run has no such setting."""
+    return "-" if _missing(value) else str(value)
+
+
 def _isnan(x) -> bool:
     return isinstance(x, (float, np.floating)) and math.isnan(x)
 
@@ -591,7 +622,7 @@ def plot(path: Path, panels: Sequence[Panel], title: str = "", sharey: bool = Fa
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(panels[0].ylabel)
     if n == 1:
-        axes[0][0].set_title(title)
+        axes[0][0].set_title(" / ".join(t for t in (title, panels[0].title) if t))
         axes[0][0].legend()
     else:
         axes[0][-1].legend(fontsize="small")
@@ -653,7 +684,7 @@ class Report:
         if not self.plots or frame.empty:
             return []
         lines = []
-        for key, group in frame.groupby(keys, dropna=False, sort=True):
+        for key, group in with_reference(frame, self.by).groupby(keys, dropna=False, sort=True):
             key = key if isinstance(key, tuple) else (key,)
             panels, options = draw(key, group)
             path = plot(self.out / f"{name(key)}.png", panels, **options)
@@ -662,7 +693,7 @@ class Report:
         return lines + [""]
 
     def cells(self, r) -> list[str]:
-        return [str(r[b]) for b in self.by]
+        return [_cell(r[b]) for b in self.by]
 
 
 @dataclass
@@ -803,7 +834,7 @@ def buckets_section(rep: Report) -> Section:
         for key, part in _ordered(btable, by).groupby([*by, *ARM], dropna=False, sort=False):
             key = dict(zip([*by, *ARM], key))
             auc = dict(zip(part["bucket"], part["auc_mean"]))
-            rows.append([*(str(key[b]) for b in by), key["data"], key["model"], key["embedding"], _k(key["k"]),
+            rows.append([*(_cell(key[b]) for b in by), key["data"], key["model"], key["embedding"], _k(key["k"]),
                          int(key["dim"]), *(_fmt(auc.get(b)) for b in labels)])
         body += [markdown_table([*by, "data", "model", "embedding", "k", "d",
                                  *(f"{b} ({_fmt(rows_in[b], 0)} rows)" for b in labels)], rows), ""]

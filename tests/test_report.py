@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -480,3 +481,32 @@ def test_sections_are_numbered_without_gaps_and_a_section_is_added_by_a_function
     assert "## 7. Runs per model\n\nm1: 13\nm2: 4\nm3: 3" in md
     assert list(res["runs_per_model"]["runs"]) == [13, 4, 3]
     assert (tmp_path / "report" / "runs_per_model.csv").is_file()
+
+
+def test_single_layer_runs_are_the_reference_of_every_split_they_lack_the_setting_of(tmp_path):
+    # ablation-like: MLET under two inits (a setting single-layer runs do not have) and single-layer
+    # runs under two table_lr_scale values; without --by the tables split by both keys, and the
+    # single-layer arm with table_lr_scale 1.0 is the reference of both MLET inits
+    root = tmp_path / "runs"
+    for d, single, scaled, authors in ((4, 0.70, 0.74, 0.71), (16, 0.73, 0.76, 0.72)):
+        _run(root, f"s{d}", "single", None, d, 0, single, embedding={"dim": d})
+        _run(root, f"s{d}x4", "single", None, d, 0, single - 0.05, embedding={"dim": d},
+             optimizer__table_lr_scale=4.0)
+        _run(root, f"m{d}", "mlet", 64, d, 0, scaled, embedding__init="scaled", optimizer__table_lr_scale=1.0)
+        _run(root, f"a{d}", "mlet", 64, d, 0, authors, embedding__init="authors", optimizer__table_lr_scale=1.0)
+    for name in ("s4", "s16"):  # the plain single-layer runs carry table_lr_scale 1.0 too
+        path = root / name / "record.json"
+        rec = json.loads(path.read_text())
+        rec["config"]["optimizer"]["table_lr_scale"] = 1.0
+        write_record(path, rec)
+    res = build_report([root], tmp_path / "report", plots=False)
+    assert sorted(res["split_by"]) == ["embedding.init", "optimizer.table_lr_scale"]
+    red = res["dim_reduction"].set_index("embedding.init")
+    assert list(red["reference_auc"]) == pytest.approx([0.73, 0.73])
+    assert red.loc["scaled", "mlet_dim"] == 4 and red.loc["scaled", "factor"] == 4
+    assert red.loc["authors", "mlet_dim"] == "never"
+    table = res["auc_vs_dim"]
+    single = table[table["embedding"] == "single"]
+    assert single["embedding.init"].isna().all() and len(single) == 4  # the table itself is not repeated
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| - | 4.0 | ds | m | single | - | 4 | 0.6500 |" in md
