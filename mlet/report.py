@@ -61,6 +61,8 @@ REFERENCE = "single"  # the embedding kind every other kind is compared with
 # these are the same arm (seeds are averaged, not told apart).
 NOT_EXPERIMENT = (
     "seed", "datamodule.seed",  # the seed: runs of one arm differ in it (datamodule.seed is ${seed})
+    # in the arm already, as the record's d and k (a single-layer table ignores its inner_dim)
+    "embedding.dim", "embedding.inner_dim",
     "paths", "logger", "hydra", "task_name", "force", "tags", "ckpt_path", "keep_last_checkpoint",
     "train", "test",
     "trainer.default_root_dir", "trainer.accelerator", "trainer.enable_progress_bar",
@@ -181,7 +183,7 @@ def runs_frame(records: Sequence[dict], by: Sequence[str] = (), ignore: Sequence
         new = [c for c in differ if c not in split]
         if new:
             what = ", ".join(f"{c} ({_fmt_values(part[c])})" for c in differ)
-            arm = ", ".join(f"{n}={_fmt_values([v])}" for n, v in zip(group, key))
+            arm = ", ".join(f"{n}={_k(v) if n == 'k' else _fmt_values([v])}" for n, v in zip(group, key))
             warnings.append(f"runs of the same {', '.join(group)} (e.g. {arm}) differ in {what}: reported as "
                             f"separate arms, every table split by {', '.join(new)}; name the split yourself with "
                             f"`--by {' '.join(new)}` (or `--tune KEY` to report each arm at its best setting)")
@@ -201,8 +203,8 @@ def runs_frame(records: Sequence[dict], by: Sequence[str] = (), ignore: Sequence
         differ = [c for c in keys if not _same_value(configs[i].get(c), configs[j].get(c))]
         warnings.append(f"duplicate run (same settings and seed): a newer record is used instead of "
                         f"{df.loc[i, 'path']} ({df.loc[j, 'path']}); "
-                        + (f"they differ only in {', '.join(differ)}: keep them apart with "
-                           f"`--by {' '.join(differ)}`" if differ else "their configs are equal"))
+                        + (f"they differ only in {', '.join(differ)} (settings that do not define the experiment; "
+                           "to keep such runs apart, pass `--by KEY`)" if differ else "their configs are equal"))
     df = df[~dup]
     df = _ordered(df[[*by, *split, *base]], [*by, *split], then=["seed"])
     return df, warnings, split

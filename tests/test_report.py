@@ -510,3 +510,13 @@ def test_single_layer_runs_are_the_reference_of_every_split_they_lack_the_settin
     assert single["embedding.init"].isna().all() and len(single) == 4  # the table itself is not repeated
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| - | 4.0 | ds | m | single | - | 4 | 0.6500 |" in md
+
+
+def test_a_single_layer_run_swept_over_k_is_one_arm(tmp_path):
+    # embedding.inner_dim means nothing to a single-layer table: runs under k=64 and k=256 are seeds of one arm
+    root = tmp_path / "runs"
+    _run(root, "k64", "single", None, 8, 0, 0.70, embedding={"dim": 8, "inner_dim": 64})
+    _run(root, "k256", "single", None, 8, 1, 0.72, embedding={"dim": 8, "inner_dim": 256})
+    res = build_report([root], tmp_path / "report", plots=False)
+    assert res["split_by"] == [] and not res["warnings"]
+    assert _row(res["auc_vs_dim"], embedding="single", dim=8)["seeds"] == 2
