@@ -29,8 +29,10 @@ that defines the experiment (all keys but :data:`NOT_EXPERIMENT`: paths, loggers
 checkpointing, the seed, ...). Runs of the same arm and seed found twice count once (the newest),
 and the report names the keys in which the dropped record differs. Runs of the same (dataset,
 model, embedding, k, d) whose settings differ are reported apart: every table is split by the keys
-that differ, as ``--by`` would, and the report names them. ``--by optimizer.lr embedding.init``
-splits every table by those config keys explicitly.
+that differ, as ``--by`` would, and the report names them; a single-layer run that lacks such a
+setting (e.g. ``embedding.init``) is the reference of every split it agrees with.
+``--by optimizer.lr embedding.init`` splits every table by those config keys explicitly;
+``--ignore data.path`` makes a key not tell arms apart.
 """
 
 from __future__ import annotations
