@@ -1,29 +1,38 @@
 """``mlet-report [DIR ...]``: tables and plots from the run records under the given directories.
 
-Reads every ``record.json`` (recursively) and writes into ``--out`` (default ``outputs/report``):
+Reads every ``record.json`` (recursively) into one table of runs (:func:`runs_frame`, one row per
+run) and writes into ``--out`` (default ``outputs/report``) a ``report.md`` made of the sections in
+:data:`SECTIONS`, numbered in order, each with its CSVs and PNGs:
 
-* ``report.md``: every table below in Markdown, with the plots;
 * ``runs.csv``: one row per run;
+* tuning (with ``--tune KEY[,KEY...]``): ``tuning.csv`` (every arm and setting tried, its mean
+  validation AUC) and ``tuning_choice.csv`` (the setting each arm is reported at, and whether it
+  lies on the edge of the grid);
 * ``auc_vs_dim.csv``: test AUC and logloss per dataset, model, embedding type, k and d, mean and
   sample standard deviation (ddof 1) over seeds, with the number of seeds;
-* ``dim_reduction.csv`` / ``dim_reduction_summary.csv``: per dataset and model (and MLET k), the
-  single-layer reference AUC (largest single-layer d, or ``--reference-dim``), the smallest MLET d
-  whose mean AUC >= reference - ``--tolerance``, the reduction factor reference_d / mlet_d ("never"
-  when no MLET d reaches it); the summary gives the largest and the mean factor (over the pairs
-  that reach it) per dataset and over everything;
-* ``auc_vs_inner_dim.csv``: MLET AUC against k at fixed d (where more than one k was run);
+* ``dim_reduction.csv`` / ``dim_reduction_summary.csv``: per dataset, model and method (each
+  embedding type other than the single-layer reference, and k), the single-layer reference AUC
+  (largest single-layer d, or ``--reference-dim``), the method's smallest d whose mean AUC >=
+  reference - ``--tolerance``, the factor reference_d / method_d ("never" when no d reaches it); the
+  summary gives the largest and the mean factor per dataset and over everything (the ``mlet_*``
+  columns hold the method's figures, whatever its type, named so for compatibility);
+* ``auc_vs_inner_dim.csv``: AUC against k at fixed d (where more than one k was run);
 * ``buckets.csv`` / ``buckets_compare.csv``: test AUC/logloss per training-frequency bucket
-  (from ``record["buckets"]``), single-layer vs MLET at equal d;
+  (``record["buckets"]``), single-layer vs each method at equal d;
 * ``spectrum.csv`` / ``spectrum_fields.csv``: effective rank (Roy & Vetterli 2007) of the
-  collapsed tables (from ``record["spectrum"]``), mean over fields, single-layer vs MLET;
-* ``absent_rows.csv`` / ``effective_rank_history.csv``: MLET's mechanism per arm: how far the
-  collapsed rows a batch did not touch move per step (from ``record["absent_row_movement"]``), and
-  the effective rank after each validation (``record["effective_rank_history"]``);
-* PNGs: AUC vs d and AUC vs k per dataset/model, AUC per frequency bucket, effective rank vs d and
-  over training.
+  collapsed tables (``record["spectrum"]``);
+* ``absent_rows.csv`` / ``effective_rank_history.csv``: MLET's mechanism per arm
+  (``record["absent_row_movement"]``, ``record["effective_rank_history"]``).
 
-Records of the same (dataset, model, embedding, d, k, seed) found twice count once (the newest);
-``--by optimizer.lr embedding.init`` splits every table by those config keys as well.
+An arm is a (dataset, model, embedding type, k, d) and every setting of the run's resolved config
+that defines the experiment (all keys but :data:`NOT_EXPERIMENT`: paths, loggers, progress output,
+checkpointing, the seed, ...). Runs of the same arm and seed found twice count once (the newest),
+and the report names the keys in which the dropped record differs. Runs of the same (dataset,
+model, embedding, k, d) whose settings differ are reported apart: every table is split by the keys
+that differ, as ``--by`` would, and the report names them; a single-layer run that lacks such a
+setting (e.g. ``embedding.init``) is the reference of every split it agrees with.
+``--by optimizer.lr embedding.init`` splits every table by those config keys explicitly;
+``--ignore data.path`` makes a key not tell arms apart.
 """
 
 from __future__ import annotations
@@ -33,28 +42,74 @@ import logging
 import math
 import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mlet.errors import MletError
 from mlet.records import find_records, read_record
 
 log = logging.getLogger("mlet.report")
 
 KEYS = ["data", "model"]
 SERIES = ["embedding", "k"]
+ARM = [*KEYS, *SERIES, "dim"]
+REFERENCE = "single"  # the embedding kind every other kind is compared with
+
+# Config keys (and key prefixes) that do not define the experiment: two runs that differ only in
+# these are the same arm (seeds are averaged, not told apart).
+NOT_EXPERIMENT = (
+    "seed", "datamodule.seed",  # the seed: runs of one arm differ in it (datamodule.seed is ${seed})
+    # in the arm already, as the record's d and k (a single-layer table ignores its inner_dim)
+    "embedding.dim", "embedding.inner_dim",
+    "paths", "logger", "hydra", "task_name", "force", "tags", "ckpt_path", "keep_last_checkpoint",
+    "train", "test",
+    "trainer.default_root_dir", "trainer.accelerator", "trainer.enable_progress_bar",
+    "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.enable_checkpointing",
+    "callbacks.model_checkpoint", "callbacks.periodic_checkpoint", "callbacks.frequency_buckets",
+    "callbacks.embedding_spectrum", "callbacks.absent_row_movement", "callbacks.progress",
+    "datamodule.num_workers", "datamodule.eval_batch_size", "embedding.eval_mode",
+    "data.cache_dir", "data.workers", "data.block_bytes", "data.segment_bytes", "data.progress",
+    "data.on_bad_line",
+)
+
+# What the record holds beyond the run's scalars: kept in the runs table, read by the sections.
+_NESTED = ["buckets", "bucket_field", "spectrum", "absent_row_movement", "effective_rank_history"]
+_METRICS = ["test_auc", "test_logloss", "val_auc", "effective_rank_mean"]
 
 
-# ---- loading ---------------------------------------------------------------------------------
-def _config_value(record: dict, dotted: str):
-    node = record.get("config") or {}
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node if not isinstance(node, (dict, list)) else str(node)
+# ---- labels: the one place that names a method ------------------------------------------------
+_KIND_NAMES = {"mlet": "MLET", "single": "single-layer"}  # prose names that differ from the kind
+
+
+def kind_name(kind) -> str:
+    """An embedding kind in prose: ``mlet`` -> ``MLET``, any other kind as the record names it."""
+    return _KIND_NAMES.get(kind, str(kind))
+
+
+def arm_label(kind, k) -> str:
+    """A method's label in legends: ``single``, ``<kind>`` or ``<kind> k=<inner_dim>``."""
+    if kind == REFERENCE or _isnan(k) or k is None:
+        return str(kind)
+    return f"{kind} k={int(k)}"
+
+
+# ---- loading -----------------------------------------------------------------------------------
+def _flatten(node, prefix: str = "") -> dict:
+    """A nested config as ``{"a.b.c": value}``; lists (and empty dicts) as their ``str``."""
+    if isinstance(node, dict) and node:
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: str(node) if isinstance(node, (dict, list)) else node} if prefix else {}
+
+
+def _ignored(key: str, ignore: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in ignore)
 
 
 def load_records(dirs: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
@@ -71,71 +126,146 @@ def load_records(dirs: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
     return records, warnings
 
 
-def runs_frame(records: Sequence[dict], by: Sequence[str] = ()) -> tuple[pd.DataFrame, list[str]]:
-    """One row per run: ``by`` columns, data, model, embedding, k (NaN for single-layer), dim, seed,
-    metrics, path. Duplicates of the same run keep the newest record."""
-    rows = []
+def _same_value(a, b) -> bool:
+    return a == b or (_missing(a) and _missing(b))
+
+
+def _missing(x) -> bool:
+    return x is None or _isnan(x)
+
+
+def _fmt_values(values) -> str:
+    shown = sorted({"-" if _missing(v) else str(v) for v in values})
+    return ", ".join(shown)
+
+
+def runs_frame(records: Sequence[dict], by: Sequence[str] = (), ignore: Sequence[str] = ()
+               ) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The one table of runs: a row per record with the ``by`` config keys, data, model, embedding,
+    k (NaN for the single-layer reference), dim, seed, metrics, path, mtime and the record's nested
+    analyses (``buckets``, ``spectrum``, ...).
+
+    Runs of one (by, data, model, embedding, k, d) whose experiment-defining settings (every config
+    key but :data:`NOT_EXPERIMENT` and ``ignore``) differ are different arms: the keys that differ
+    become columns too and are returned as the third value. Runs of the same arm and seed count once
+    (the newest record). Returns the runs, warnings, and those extra keys."""
+    ignore = [*NOT_EXPERIMENT, *ignore]
+    rows, configs = [], []
     for rec in records:
-        row = {key: _config_value(rec, key) for key in by}
-        k = rec.get("inner_dim")
-        row.update({
-            "data": rec.get("data"),
-            "model": rec.get("model"),
-            "embedding": rec.get("embedding"),
-            "k": float(k) if k is not None and rec.get("embedding") != "single" else np.nan,
-            "dim": rec.get("dim"),
-            "seed": rec.get("seed"),
-            "test_auc": rec.get("test_auc"),
-            "test_logloss": rec.get("test_logloss"),
-            "val_auc": rec.get("val_auc"),
-            "effective_rank_mean": rec.get("effective_rank_mean"),
-            "path": rec.get("path"),
-            "mtime": rec.get("mtime", 0.0),
+        emb, k = rec.get("embedding"), rec.get("inner_dim")
+        rows.append({
+            "data": rec.get("data"), "model": rec.get("model"), "embedding": emb,
+            "k": float(k) if k is not None and emb != REFERENCE else np.nan,
+            "dim": rec.get("dim"), "seed": rec.get("seed"),
+            **{m: rec.get(m) for m in _METRICS},
+            "path": rec.get("path"), "mtime": rec.get("mtime", 0.0),
+            **{n: rec.get(n) for n in _NESTED},
         })
-        rows.append(row)
-    columns = [*by, *KEYS, *SERIES, "dim", "seed", "test_auc", "test_logloss", "val_auc",
-               "effective_rank_mean", "path", "mtime"]
-    df = pd.DataFrame(rows, columns=columns)
-    warnings = []
+        configs.append(_flatten(rec.get("config") or {}))
+    base = [*KEYS, *SERIES, "dim", "seed", *_METRICS, "path", "mtime", *_NESTED]
+    df = pd.DataFrame(rows, columns=base)
+    cfg = pd.DataFrame(configs, index=df.index, dtype=object)
+    for key in by:
+        if key not in cfg:
+            raise MletError(f"{key} (--by or --tune): no run record's config has this key")
+        df[key] = cfg[key]
+    warnings: list[str] = []
     if df.empty:
-        return df, warnings
-    for col in ("test_auc", "test_logloss", "val_auc", "effective_rank_mean"):
+        return df[[*by, *base]], warnings, []
+    for col in _METRICS:
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    ident = [*by, *KEYS, *SERIES, "dim", "seed"]
-    df = df.sort_values("mtime")
-    dup = df.duplicated(ident, keep="last")
-    for path in df.loc[dup, "path"]:
-        warnings.append(f"duplicate run, a newer record is used instead of {path}")
-    df = df[~dup].sort_values([*by, *KEYS, "embedding", "k", "dim", "seed"], na_position="first")
-    return df.reset_index(drop=True), warnings
+
+    # keys that tell runs of one (by, data, model, embedding, k, d) apart become columns as well
+    defining = [c for c in cfg.columns if not _ignored(c, ignore) and c not in by]
+    group = [*by, *ARM]
+    split: list[str] = []
+    for key, part in cfg[defining].groupby([df[g] for g in group], dropna=False, sort=True):
+        counts = part.nunique()
+        differ = list(counts.index[counts > 1])
+        new = [c for c in differ if c not in split]
+        if new:
+            what = ", ".join(f"{c} ({_fmt_values(part[c])})" for c in differ)
+            arm = ", ".join(f"{n}={_k(v) if n == 'k' else _fmt_values([v])}" for n, v in zip(group, key))
+            warnings.append(f"runs of the same {', '.join(group)} (e.g. {arm}) differ in {what}: reported as "
+                            f"separate arms, every table split by {', '.join(new)}; name the split yourself with "
+                            f"`--by {' '.join(new)}` (or `--tune KEY` to report each arm at its best setting)")
+            split += new
+    for key in split:
+        df[key] = cfg[key]
+
+    # the same arm and seed twice: the newest record counts
+    ident = [*by, *split, *ARM, "seed"]
+    df = df.sort_values("mtime", kind="stable")
+    ident_str = df[ident].astype(str)
+    dup = ident_str.duplicated(keep="last")
+    newest = {tuple(r): i for i, r in zip(df.index, ident_str.itertuples(index=False))}
+    for i in df.index[dup]:
+        j = newest[tuple(ident_str.loc[i])]
+        keys = sorted(set(configs[i]) | set(configs[j]))
+        differ = [c for c in keys if not _same_value(configs[i].get(c), configs[j].get(c))]
+        warnings.append(f"duplicate run (same settings and seed): a newer record is used instead of "
+                        f"{df.loc[i, 'path']} ({df.loc[j, 'path']}); "
+                        + (f"they differ only in {', '.join(differ)} (settings that do not define the experiment; "
+                           "to keep such runs apart, pass `--by KEY`)" if differ else "their configs are equal"))
+    df = df[~dup]
+    df = _ordered(df[[*by, *split, *base]], [*by, *split], then=["seed"])
+    return df, warnings, split
 
 
-def tune_runs(runs: pd.DataFrame, key: str, by: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keep, for each arm (data, model, embedding, k, d), only the runs with the value of ``key``
-    (e.g. ``optimizer.lr``) whose mean validation AUC over seeds is best: every arm is compared at
-    its own best-tuned setting, chosen on validation, never on test. Returns the kept runs and one
-    row per (arm, value) with its mean validation AUC and whether it was chosen."""
-    arm = [*by, *KEYS, *SERIES, "dim"]
+def tune_runs(runs: pd.DataFrame, keys: str | Sequence[str], by: Sequence[str] = ()
+              ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Keep, for each arm (data, model, embedding, k, d), only the runs with the combination of
+    ``keys`` (e.g. ``optimizer.lr``) whose mean validation AUC over seeds is best: every arm is
+    compared at its own best-tuned setting, chosen on validation, never on test. Returns the kept
+    runs, the grid (one row per arm and combination: mean validation AUC, seeds, chosen) and the
+    choice (one row per arm: its combination and ``edge``, the keys whose chosen value is the
+    smallest or largest value that arm tried)."""
+    keys = [keys] if isinstance(keys, str) else list(keys)
+    arm = [*by, *ARM]
     scored = runs.dropna(subset=["val_auc"])
+    gcols = [*arm, *keys, "val_auc_mean", "seeds", "chosen"]
+    ccols = [*arm, *keys, "val_auc_mean", "seeds", "edge"]
     if scored.empty:
-        return runs.iloc[0:0], pd.DataFrame(columns=[*arm, key, "val_auc_mean", "seeds", "chosen"])
-    grid = scored.groupby([*arm, key], dropna=False).agg(val_auc_mean=("val_auc", "mean"),
-                                                        seeds=("seed", "nunique")).reset_index()
-    best = grid.loc[grid.groupby(arm, dropna=False)["val_auc_mean"].idxmax(), [*arm, key]]
-    grid = grid.merge(best.assign(chosen=True), on=[*arm, key], how="left")
+        return runs.iloc[0:0], pd.DataFrame(columns=gcols), pd.DataFrame(columns=ccols)
+    grid = scored.groupby([*arm, *keys], dropna=False).agg(val_auc_mean=("val_auc", "mean"),
+                                                          seeds=("seed", "nunique")).reset_index()
+    best = grid.loc[grid.groupby(arm, dropna=False)["val_auc_mean"].idxmax()]
+    grid = grid.merge(best[[*arm, *keys]].assign(chosen=True), on=[*arm, *keys], how="left")
     grid["chosen"] = grid["chosen"].eq(True)
-    kept = runs.merge(best, on=[*arm, key], how="inner")
-    return kept, _ordered(grid, by)
+    kept = runs.merge(best[[*arm, *keys]], on=[*arm, *keys], how="inner")
+
+    def edge(row) -> str:
+        tried = grid[np.logical_and.reduce([_eq(grid[c], row[c]) for c in arm])]
+        notes = []
+        for key in keys:
+            values = pd.to_numeric(tried[key], errors="coerce").dropna().unique()
+            chosen = pd.to_numeric(pd.Series([row[key]]), errors="coerce").iloc[0]
+            if len(values) < 2 or _isnan(chosen):
+                continue
+            if chosen == values.min():
+                notes.append(f"{key} at the smallest value tried")
+            elif chosen == values.max():
+                notes.append(f"{key} at the largest value tried")
+        return "; ".join(notes)
+
+    best = best.assign(edge=[edge(r) for _, r in best.iterrows()]) if len(best) else best.assign(edge="")
+    return kept, _ordered(grid, by)[gcols], _ordered(best, by)[ccols]
+
+
+def _eq(column: pd.Series, value) -> pd.Series:
+    return column.isna() if _missing(value) else column == value
 
 
 # ---- tables ------------------------------------------------------------------------------------
-def _ordered(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
-    """Rows by (by, data, model), the single-layer rows first, then k and d."""
+def _ordered(df: pd.DataFrame, by: Sequence[str], then: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows by (by, data, model), the single-layer rows first, then embedding, k, d and ``then``."""
     if df.empty:
-        return df
-    rank = (df["embedding"] != "single").astype(int).rename("_rank")
+        return df.reset_index(drop=True)
+    rank = (df["embedding"] != REFERENCE).astype(int).rename("_rank")
     cols = [c for c in [*by, *KEYS] if c in df] + ["_rank"] + [c for c in ("embedding", "k", "dim") if c in df]
-    return df.assign(_rank=rank).sort_values(cols, na_position="first").drop(columns="_rank").reset_index(drop=True)
+    cols += list(then)
+    return df.assign(_rank=rank).sort_values(cols, na_position="first", kind="stable").drop(
+        columns="_rank").reset_index(drop=True)
 
 
 def _std(x: pd.Series) -> float:
@@ -143,10 +273,39 @@ def _std(x: pd.Series) -> float:
     return float(x.std(ddof=1)) if len(x) > 1 else float("nan")
 
 
+def _methods(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of every embedding kind but the single-layer reference."""
+    return df[df["embedding"] != REFERENCE]
+
+
+def with_reference(df: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """``df`` with each single-layer row that lacks a ``by`` setting (one it does not have, e.g.
+    ``embedding.init``) repeated for every combination of ``by`` values that the other kinds of the
+    same data and model were run with and that agrees with the settings it has, so that it is the
+    reference of each of them. Rows that match no such combination stay as they are."""
+    by = [c for c in by if c in df]
+    if df.empty or not by:
+        return df
+    ref = df["embedding"] == REFERENCE
+    lacking = ref & df[by].isna().any(axis=1)
+    if not lacking.any():
+        return df
+    combos = df.loc[~ref, [*KEYS, *by]].drop_duplicates()
+    rows = df[lacking].reset_index(drop=True)
+    pairs = rows.drop(columns=by).reset_index(names="_row").merge(combos, on=KEYS, how="inner")
+    own = rows[by].loc[pairs["_row"]].reset_index(drop=True)
+    agree = np.logical_and.reduce([own[c].isna().to_numpy() | (own[c].to_numpy() == pairs[c].to_numpy())
+                                   for c in by])
+    pairs = pairs[agree]
+    alone = rows[~rows.index.isin(pairs["_row"])]
+    out = pd.concat([df[~lacking], pairs.drop(columns="_row"), alone], ignore_index=True)[list(df.columns)]
+    return _ordered(out, by, then=[c for c in ("_order", "epoch") if c in out])
+
+
 def auc_vs_dim(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """Mean and standard deviation over seeds of test AUC and logloss, and the number of seeds."""
     scored = runs.dropna(subset=["test_auc"])
-    keys = [*by, *KEYS, *SERIES, "dim"]
+    keys = [*by, *ARM]
     if scored.empty:
         return pd.DataFrame(columns=[*keys, "auc_mean", "auc_std", "logloss_mean", "logloss_std", "seeds"])
     out = scored.groupby(keys, dropna=False, sort=True).agg(
@@ -161,13 +320,14 @@ def auc_vs_dim(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
 
 def dim_reduction(table: pd.DataFrame, by: Sequence[str] = (), tolerance: float = 0.0,
                   reference_dim: int | None = None) -> pd.DataFrame:
-    """Per (dataset, model, MLET k): the smallest MLET d matching the single-layer reference."""
+    """Per (dataset, model, method): the method's smallest d matching the single-layer reference
+    (a method: an embedding kind other than the reference, and its k)."""
     rows = []
-    for key, group in table.groupby([*by, *KEYS], dropna=False, sort=True):
+    for key, group in with_reference(table, by).groupby([*by, *KEYS], dropna=False, sort=True):
         key = dict(zip([*by, *KEYS], key if isinstance(key, tuple) else (key,)))
-        single = group[group["embedding"] == "single"].set_index("dim")
-        mlet = group[group["embedding"] == "mlet"]
-        if mlet.empty:
+        single = group[group["embedding"] == REFERENCE].set_index("dim")
+        methods = _methods(group)
+        if methods.empty:
             continue
         if single.empty:
             ref_d, ref_auc, note = None, None, "no single-layer runs"
@@ -178,33 +338,33 @@ def dim_reduction(table: pd.DataFrame, by: Sequence[str] = (), tolerance: float 
             else:
                 ref_auc, note = None, f"no single-layer run at d={ref_d}"
         # The same question asked of the single-layer curve: the smallest single-layer d that already
-        # reaches the target. Where it is no larger than MLET's, the curve is flat and the factor
-        # measures that flatness, not MLET.
+        # reaches the target. Where it is no larger than the method's, the curve is flat and the factor
+        # measures that flatness, not the method.
         single_d = None
         if ref_auc is not None:
             enough = single[single["auc_mean"] >= ref_auc - tolerance]
             single_d = int(enough.index.min()) if len(enough) else None
-        for k, runs_k in mlet.groupby("k", dropna=False, sort=True):
+        for (kind, k), runs_k in methods.groupby(SERIES, dropna=False, sort=True):
             row = {**key, "k": k, "reference_dim": ref_d, "reference_auc": ref_auc,
                    "target_auc": None if ref_auc is None else ref_auc - tolerance,
                    "mlet_dim": None, "mlet_auc": None, "factor": np.nan, "reached": False,
-                   "single_dim": single_d, "beats_single": False, "note": note}
+                   "single_dim": single_d, "beats_single": False, "note": note, "embedding": kind}
             if ref_auc is not None:
                 hit = runs_k[runs_k["auc_mean"] >= ref_auc - tolerance].sort_values("dim")
                 if hit.empty:
-                    row.update(mlet_dim="never", note=f"best MLET AUC {runs_k['auc_mean'].max():.4f}")
+                    row.update(mlet_dim="never", note=f"best {kind_name(kind)} AUC {runs_k['auc_mean'].max():.4f}")
                 else:
                     d = int(hit.iloc[0]["dim"])
                     row.update(mlet_dim=d, mlet_auc=float(hit.iloc[0]["auc_mean"]), factor=ref_d / d, reached=True)
                     if d >= ref_d:
-                        row["note"] = "no reduction: MLET needs the reference d"
+                        row["note"] = f"no reduction: {kind_name(kind)} needs the reference d"
                     elif single_d is not None and single_d <= d:
                         row["note"] = f"single-layer reaches it at d={single_d} too"
                     else:
                         row["beats_single"] = True
             rows.append(row)
     columns = [*by, *KEYS, "k", "reference_dim", "reference_auc", "target_auc", "mlet_dim", "mlet_auc",
-               "factor", "reached", "single_dim", "beats_single", "note"]
+               "factor", "reached", "single_dim", "beats_single", "note", "embedding"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -234,38 +394,43 @@ def reduction_summary(reduction: pd.DataFrame, by: Sequence[str] = ()) -> pd.Dat
 
 
 def auc_vs_inner_dim(table: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    """MLET rows of (dataset, model, d) run with more than one k, with the single-layer AUC at that d."""
+    """Each method's rows of a (dataset, model, d) run with more than one k, with the single-layer AUC
+    at that d."""
     keys = [*by, *KEYS, "dim"]
-    mlet = table[table["embedding"] == "mlet"]
-    swept = mlet.groupby(keys, dropna=False)["k"].transform("nunique") > 1
-    out = mlet[swept].copy()
-    single = table[table["embedding"] == "single"][[*keys, "auc_mean", "auc_std", "seeds"]].rename(
+    methods = _methods(table)
+    swept = methods.groupby([*keys, "embedding"], dropna=False)["k"].transform("nunique") > 1
+    out = methods[swept].copy()
+    table = with_reference(table, by)
+    single = table[table["embedding"] == REFERENCE][[*keys, "auc_mean", "auc_std", "seeds"]].rename(
         columns={"auc_mean": "single_auc_mean", "auc_std": "single_auc_std", "seeds": "single_seeds"})
     out = out.merge(single, on=keys, how="left")
-    return out[[*keys, "k", "auc_mean", "auc_std", "seeds", "single_auc_mean", "single_auc_std", "single_seeds"]]
+    return out[[*keys, "embedding", "k", "auc_mean", "auc_std", "seeds", "single_auc_mean", "single_auc_std",
+                "single_seeds"]]
 
 
-def bucket_frame(records: Sequence[dict], runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    """One row per (run, bucket) of the runs kept in ``runs``."""
-    kept = set(runs["path"])
-    rows = []
-    for rec in records:
-        if rec.get("path") not in kept or not rec.get("buckets"):
-            continue
-        k = rec.get("inner_dim")
-        base = {**{b: _config_value(rec, b) for b in by}, "data": rec.get("data"), "model": rec.get("model"),
-                "embedding": rec.get("embedding"),
-                "k": float(k) if k is not None and rec.get("embedding") != "single" else np.nan,
-                "dim": rec.get("dim"), "seed": rec.get("seed"), "bucket_field": rec.get("bucket_field")}
-        for order, b in enumerate(rec["buckets"]):
-            rows.append({**base, "order": order, "bucket": b["bucket"], "rows": b["rows"],
-                         "auc": b["auc"], "logloss": b["logloss"]})
-    return pd.DataFrame(rows, columns=[*by, *KEYS, *SERIES, "dim", "seed", "bucket_field", "order", "bucket",
-                                       "rows", "auc", "logloss"])
+def _items(runs: pd.DataFrame, column: str, by: Sequence[str]) -> pd.DataFrame:
+    """One row per element of the list (or the dict) in ``runs[column]``: the run's arm and seed
+    beside the element's fields (prefixed ``item.``), and ``_order``, its position in the list."""
+    cols = [*by, *ARM, "seed"]
+    part = runs.loc[runs[column].map(lambda v: isinstance(v, (list, dict)) and len(v) > 0), [*cols, column]]
+    part[column] = part[column].map(lambda v: [v] if isinstance(v, dict) else v)
+    part = part.explode(column)
+    part = part.assign(_order=part.groupby(level=0).cumcount()).reset_index(drop=True)
+    items = pd.json_normalize(part[column].tolist()).add_prefix("item.")
+    return pd.concat([part[[*cols, "_order"]], items], axis=1)
+
+
+def bucket_frame(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per (run, bucket)."""
+    items = _items(runs, "buckets", by)
+    out = items.rename(columns={"item.bucket": "bucket", "item.rows": "rows", "item.auc": "auc",
+                                "item.logloss": "logloss"})
+    cols = [*by, *ARM, "seed", "_order", "bucket", "rows", "auc", "logloss"]
+    return out.reindex(columns=cols)
 
 
 def bucket_table(buckets: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    keys = [*by, *KEYS, *SERIES, "dim", "order", "bucket"]
+    keys = [*by, *ARM, "_order", "bucket"]
     if buckets.empty:
         return pd.DataFrame(columns=[*keys, "rows", "auc_mean", "auc_std", "logloss_mean", "seeds"])
     b = buckets.copy()
@@ -279,51 +444,43 @@ def bucket_table(buckets: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
 
 
 def bucket_compare(btable: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
-    """Single-layer vs MLET (each k) per frequency bucket at equal d: AUC, logloss and the gain."""
-    keys = [*by, *KEYS, "dim", "order", "bucket"]
-    single = btable[btable["embedding"] == "single"][[*keys, "rows", "auc_mean", "logloss_mean", "seeds"]].rename(
+    """Single-layer vs each method per frequency bucket at equal d: AUC, logloss and the gain."""
+    keys = [*by, *KEYS, "dim", "_order", "bucket"]
+    btable = with_reference(btable, by)
+    single = btable[btable["embedding"] == REFERENCE][[*keys, "rows", "auc_mean", "logloss_mean", "seeds"]].rename(
         columns={"auc_mean": "single_auc", "logloss_mean": "single_logloss", "seeds": "single_seeds"})
-    mlet = btable[btable["embedding"] == "mlet"][[*keys, "k", "auc_mean", "logloss_mean", "seeds"]].rename(
+    other = _methods(btable)[[*keys, *SERIES, "auc_mean", "logloss_mean", "seeds"]].rename(
         columns={"auc_mean": "mlet_auc", "logloss_mean": "mlet_logloss", "seeds": "mlet_seeds"})
-    out = single.merge(mlet, on=keys, how="inner")
+    out = single.merge(other, on=keys, how="inner")
     out["auc_gain"] = out["mlet_auc"] - out["single_auc"]
     out["logloss_gain"] = out["single_logloss"] - out["mlet_logloss"]
     cols = [*by, *KEYS, "dim", "k", "bucket", "rows", "single_auc", "mlet_auc", "auc_gain", "single_logloss",
-            "mlet_logloss", "logloss_gain", "single_seeds", "mlet_seeds", "order"]
-    return out[cols].sort_values([*by, *KEYS, "dim", "k", "order"]).reset_index(drop=True)
+            "mlet_logloss", "logloss_gain", "single_seeds", "mlet_seeds", "embedding", "_order"]
+    return out[cols].sort_values([*by, *KEYS, "dim", "embedding", "k", "_order"]).reset_index(drop=True)
 
 
-def spectrum_frames(records: Sequence[dict], runs: pd.DataFrame, by: Sequence[str] = ()):
+def spectrum_frames(runs: pd.DataFrame, by: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per field (one row per run and field) and per (dataset, model, embedding, k, d) over seeds."""
-    kept = set(runs["path"])
-    rows = []
-    for rec in records:
-        if rec.get("path") not in kept or not rec.get("spectrum"):
-            continue
-        k = rec.get("inner_dim")
-        base = {**{b: _config_value(rec, b) for b in by}, "data": rec.get("data"), "model": rec.get("model"),
-                "embedding": rec.get("embedding"),
-                "k": float(k) if k is not None and rec.get("embedding") != "single" else np.nan,
-                "dim": rec.get("dim"), "seed": rec.get("seed")}
-        for f in rec["spectrum"]:
-            s = f.get("singular_values") or []
-            rows.append({**base, "field": f["field"], "rows": f.get("rows"), "effective_rank": f["effective_rank"],
-                         "top_singular_value": s[0] if s else None,
-                         "singular_values": " ".join(f"{x:.6g}" for x in s)})
-    fields = pd.DataFrame(rows, columns=[*by, *KEYS, *SERIES, "dim", "seed", "field", "rows", "effective_rank",
-                                         "top_singular_value", "singular_values"])
-    keys = [*by, *KEYS, *SERIES, "dim"]
-    if fields.empty:
-        return fields, pd.DataFrame(columns=[*keys, "erank_mean", "erank_std", "erank_over_d", "seeds"])
+    items = _items(runs, "spectrum", by)
+    keys = [*by, *ARM]
+    fcols = [*keys, "seed", "field", "rows", "effective_rank", "top_singular_value", "singular_values"]
+    tcols = [*keys, "erank_mean", "erank_std", "erank_over_d", "seeds"]
+    if items.empty:
+        return pd.DataFrame(columns=fcols), pd.DataFrame(columns=tcols)
+    sv = items.get("item.singular_values", pd.Series([None] * len(items)))
+    sv = sv.map(lambda s: s if isinstance(s, list) else [])
+    fields = items.assign(field=items["item.field"], rows=items.get("item.rows"),
+                          effective_rank=items["item.effective_rank"],
+                          top_singular_value=sv.map(lambda s: s[0] if s else None),
+                          singular_values=sv.map(lambda s: " ".join(f"{x:.6g}" for x in s)))[fcols]
     per_run = fields.groupby([*keys, "seed"], dropna=False)["effective_rank"].mean().rename("erank").reset_index()
     table = per_run.groupby(keys, dropna=False, sort=True).agg(
         erank_mean=("erank", "mean"), erank_std=("erank", _std), seeds=("seed", "nunique")).reset_index()
     table["erank_over_d"] = table["erank_mean"] / table["dim"]
-    table = _ordered(table, by)
-    return fields, table[[*keys, "erank_mean", "erank_std", "erank_over_d", "seeds"]]
+    return fields, _ordered(table, by)[tcols]
 
 
-def mechanism_frames(records: Sequence[dict], runs: pd.DataFrame, by: Sequence[str] = ()):
+def mechanism_frames(runs: pd.DataFrame, by: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """MLET's mechanism per arm (dataset, model, embedding, k, d), mean and std over seeds:
 
     * movement: how far the sampled collapsed rows that a batch did not touch moved per measured
@@ -333,47 +490,31 @@ def mechanism_frames(records: Sequence[dict], runs: pd.DataFrame, by: Sequence[s
     * history: the effective rank of the collapsed tables (mean over fields) after each validation
       (``record["effective_rank_history"]``), per epoch.
     """
-    kept = set(runs["path"])
-    keys = [*by, *KEYS, *SERIES, "dim"]
-    moves, hist = [], []
-    for rec in records:
-        if rec.get("path") not in kept:
-            continue
-        k = rec.get("inner_dim")
-        base = {**{b: _config_value(rec, b) for b in by}, "data": rec.get("data"), "model": rec.get("model"),
-                "embedding": rec.get("embedding"),
-                "k": float(k) if k is not None and rec.get("embedding") != "single" else np.nan,
-                "dim": rec.get("dim"), "seed": rec.get("seed")}
-        m = rec.get("absent_row_movement")
-        if m:
-            absent, present = m.get("absent_mean"), m.get("present_mean")
-            moves.append({**base, "absent": absent, "absent_relative": m.get("absent_relative_mean"),
-                          "present": present,
-                          "ratio": absent / present if absent is not None and present else np.nan})
-        for h in rec.get("effective_rank_history") or []:
-            hist.append({**base, "epoch": h.get("epoch"), "step": h.get("step"), "erank": h.get("effective_rank_mean")})
-    moves = pd.DataFrame(moves, columns=[*keys, "seed", "absent", "absent_relative", "present", "ratio"])
-    hist = pd.DataFrame(hist, columns=[*keys, "seed", "epoch", "step", "erank"])
+    keys = [*by, *ARM]
     mcols = [*keys, "absent_mean", "absent_std", "absent_relative_mean", "present_mean", "ratio_mean", "seeds"]
+    moves = _items(runs, "absent_row_movement", by)
     if moves.empty:
         movement = pd.DataFrame(columns=mcols)
     else:
-        for col in ("absent", "absent_relative", "present", "ratio"):
-            moves[col] = pd.to_numeric(moves[col], errors="coerce")
+        num = {c: pd.to_numeric(moves.get(f"item.{c}"), errors="coerce")
+               for c in ("absent_mean", "absent_relative_mean", "present_mean")}
+        moves = moves.assign(absent=num["absent_mean"], absent_relative=num["absent_relative_mean"],
+                             present=num["present_mean"],
+                             ratio=num["absent_mean"] / num["present_mean"].where(num["present_mean"] != 0))
         movement = _ordered(moves.groupby(keys, dropna=False, sort=True).agg(
             absent_mean=("absent", "mean"), absent_std=("absent", _std),
             absent_relative_mean=("absent_relative", "mean"), present_mean=("present", "mean"),
             ratio_mean=("ratio", "mean"), seeds=("seed", "nunique")).reset_index(), by)[mcols]
     hcols = [*keys, "epoch", "erank_mean", "erank_std", "seeds"]
+    hist = _items(runs, "effective_rank_history", by)
     if hist.empty:
         history = pd.DataFrame(columns=hcols)
     else:
-        hist["erank"] = pd.to_numeric(hist["erank"], errors="coerce")
+        hist = hist.assign(epoch=hist["item.epoch"],
+                           erank=pd.to_numeric(hist["item.effective_rank_mean"], errors="coerce"))
         history = hist.groupby([*keys, "epoch"], dropna=False, sort=True).agg(
             erank_mean=("erank", "mean"), erank_std=("erank", _std), seeds=("seed", "nunique")).reset_index()
-        rank = (history["embedding"] != "single").astype(int).rename("_rank")
-        history = history.assign(_rank=rank).sort_values([*by, *KEYS, "_rank", "embedding", "k", "dim", "epoch"],
-                                                         na_position="first").reset_index(drop=True)[hcols]
+        history = _ordered(history, by, then=["epoch"])[hcols]
     return movement, history
 
 
@@ -400,6 +541,15 @@ def _k(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else str(int(value))
 
 
+def _cell(value) -> str:
+    """A config value in a table: ``-`` where the run has no such setting."""
+    return "-" if _missing(value) else str(value)
+
+
+def _isnan(x) -> bool:
+    return isinstance(x, (float, np.floating)) and math.isnan(x)
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -410,11 +560,31 @@ def _slug(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", "_".join(str(p) for p in parts if p is not None and p != ""))
 
 
-def _label(embedding: str, k) -> str:
-    return "single" if embedding == "single" else f"mlet k={_k(k)}"
+# ---- plots: every figure goes through plot() -----------------------------------------------------
+@dataclass
+class Line:
+    """One curve: ``style`` "method" (markers and error bars), "reference" (the single-layer arm:
+    black, dashed), "guide" (a thin grey line) or "band" (a horizontal line at ``y[0]``, shaded
+    +- ``err[0]``)."""
+    label: str
+    x: Sequence
+    y: Sequence
+    err: Sequence | None = None
+    style: str = "method"
 
 
-# ---- plots -------------------------------------------------------------------------------------
+@dataclass
+class Panel:
+    lines: list[Line]
+    xlabel: str
+    ylabel: str
+    title: str = ""
+    log2_x: bool = False
+    xticks: tuple[Sequence, Sequence[str]] | None = None
+    rotate_xticks: bool = False
+    integer_x: bool = False
+
+
 def _plt():
     import matplotlib
 
@@ -424,368 +594,398 @@ def _plt():
     return plt
 
 
-def _save(plt, fig, path: Path) -> Path:
+def plot(path: Path, panels: Sequence[Panel], title: str = "", sharey: bool = False) -> Path:
+    """Draw ``panels`` side by side into the PNG ``path`` (the one plotting helper of the report)."""
+    plt = _plt()
+    n = len(panels)
+    size = (6, 4) if n == 1 else (3.2 * n + 1, 3.6)
+    fig, axes = plt.subplots(1, n, figsize=size, squeeze=False, sharey=sharey)
+    for ax, panel in zip(axes[0], panels):
+        for line in panel.lines:
+            if line.style == "band":
+                m = float(line.y[0])
+                s = None if line.err is None else line.err[0]
+                ax.axhline(m, color="gray", linestyle="--", label=line.label)
+                if not _missing(s):
+                    ax.axhspan(m - s, m + s, color="gray", alpha=0.15)
+            elif line.style == "guide":
+                ax.plot(line.x, line.y, color="gray", linewidth=0.8, label=line.label)
+            else:
+                ref = line.style == "reference"
+                err = None if line.err is None else pd.Series(line.err, dtype=float).fillna(0).to_numpy()
+                ax.errorbar(line.x, line.y, yerr=err, marker="o", capsize=3, label=line.label,
+                            linestyle="--" if ref else "-", color="black" if ref else None)
+        if panel.log2_x:
+            ax.set_xscale("log", base=2)
+        if panel.xticks is not None:
+            ax.set_xticks(*panel.xticks, rotation=45 if panel.rotate_xticks else 0)
+        if panel.integer_x:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(panel.title)
+        ax.set_xlabel(panel.xlabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(panels[0].ylabel)
+    if n == 1:
+        axes[0][0].set_title(" / ".join(t for t in (title, panels[0].title) if t))
+        axes[0][0].legend()
+    else:
+        axes[0][-1].legend(fontsize="small")
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def _series_vs_dim(ax, group: pd.DataFrame, metric: str) -> None:
-    """One error-bar line per (embedding, k) of ``<metric>_mean`` +- ``<metric>_std`` against d."""
-    for (emb, k), series in group.groupby(SERIES, dropna=False, sort=True):
-        series = series.sort_values("dim")
-        ax.errorbar(series["dim"], series[f"{metric}_mean"], yerr=series[f"{metric}_std"].fillna(0), marker="o",
-                    capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-",
-                    color="black" if emb == "single" else None)
+def _method_lines(group: pd.DataFrame, x: str, y: str, err: str | None) -> list[Line]:
+    """One line per method (embedding kind and k) of ``group``, the single-layer reference styled apart."""
+    lines = []
+    for (kind, k), series in group.groupby(SERIES, dropna=False, sort=True):
+        series = series.sort_values(x)
+        lines.append(Line(arm_label(kind, k), series[x].tolist(), series[y].tolist(),
+                          None if err is None else series[err].tolist(),
+                          "reference" if kind == REFERENCE else "method"))
+    return lines
 
 
-def plot_auc_vs_dim(table: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
-    plt, files = _plt(), []
-    for key, group in table.groupby([*by, *KEYS], dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        _series_vs_dim(ax, group, "auc")
-        ax.set_xscale("log", base=2)
-        dims = sorted(group["dim"].unique())
-        ax.set_xticks(dims, [str(int(d)) for d in dims])
-        ax.set_xlabel("embedding dimension d")
-        ax.set_ylabel("test AUC (mean ± std over seeds)")
-        ax.set_title(" / ".join(str(x) for x in key))
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = out / f"auc_vs_dim_{_slug(*key)}.png"
-        files.append(_save(plt, fig, path))
-    return files
+def _ticks(values) -> tuple[list, list[str]]:
+    values = sorted(pd.unique(pd.Series(values)))
+    return values, [str(int(v)) for v in values]
 
 
-def plot_auc_vs_k(inner: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
-    plt, files = _plt(), []
-    for key, group in inner.groupby([*by, *KEYS, "dim"], dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        group = group.sort_values("k")
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.errorbar(group["k"], group["auc_mean"], yerr=group["auc_std"].fillna(0), marker="o", capsize=3,
-                    label="mlet")
-        single = group["single_auc_mean"].dropna()
+def _title(key) -> str:
+    return " / ".join(str(x) for x in key)
+
+
+# ---- the report: sections over one table of runs ---------------------------------------------
+@dataclass
+class Report:
+    """What every section reads (``runs``, the options) and what it leaves for later sections and the
+    caller (``tables``: name -> DataFrame, each written as ``<name>.csv``; ``files``)."""
+    runs: pd.DataFrame
+    by: list[str]
+    out: Path
+    dirs: list[str]
+    tolerance: float = 0.0
+    reference_dim: int | None = None
+    tune: list[str] = field(default_factory=list)
+    plots: bool = True
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def table(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
+        """Keep ``frame`` as ``tables[name]`` and write it to ``<name>.csv`` (without ``_`` columns)."""
+        self.tables[name] = frame
+        path = self.out / f"{name}.csv"
+        frame.drop(columns=[c for c in frame.columns if str(c).startswith("_")]).to_csv(path, index=False)
+        self.files.append(path)
+        return frame
+
+    def figures(self, frame: pd.DataFrame, keys: Sequence[str], name: Callable[[tuple], str],
+                draw: Callable[[tuple, pd.DataFrame], tuple[list[Panel], dict]], alt: str) -> list[str]:
+        """One PNG per group of ``frame`` by ``keys`` (``draw`` gives its panels and plot() options);
+        returns the Markdown image lines."""
+        if not self.plots or frame.empty:
+            return []
+        lines = []
+        for key, group in with_reference(frame, self.by).groupby(keys, dropna=False, sort=True):
+            key = key if isinstance(key, tuple) else (key,)
+            panels, options = draw(key, group)
+            path = plot(self.out / f"{name(key)}.png", panels, **options)
+            self.files.append(path)
+            lines.append(f"![{alt}]({path.name})")
+        return lines + [""]
+
+    def cells(self, r) -> list[str]:
+        return [_cell(r[b]) for b in self.by]
+
+
+@dataclass
+class Section:
+    title: str
+    body: list[str]
+
+
+def tuning_section(rep: Report) -> Section | None:
+    if not rep.tune:
+        return None
+    grid, choice = rep.tables["tuning"], rep.tables["tuning_choice"]
+    keys, by = rep.tune, rep.by
+    names = ", ".join(f"`{k}`" for k in keys)
+    body = [f"Each arm (data, model, embedding, k, d) is reported at its own best combination of {names}, "
+            "chosen by mean validation AUC over seeds (test AUC plays no part); every table below uses only "
+            "those runs. Edge: the tuned keys whose chosen value is the smallest or largest value that arm "
+            "tried (the optimum may lie outside the grid).", ""]
+    rows = [[*rep.cells(r), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
+             *(str(r[k]) for k in keys), _fmt(r["val_auc_mean"]), int(r["seeds"]), r["edge"] or "no"]
+            for _, r in choice.iterrows()]
+    body += [markdown_table([*by, "data", "model", "embedding", "k", "d", *keys, "val AUC", "seeds", "edge"], rows),
+             ""]
+    edges = int((choice["edge"] != "").sum())
+    body += [f"{edges} of {len(choice)} arms chose a setting on the edge of the grid.", "",
+             "Every setting tried:", ""]
+    rows = [[*rep.cells(r), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
+             *(str(r[k]) for k in keys), _fmt(r["val_auc_mean"]), int(r["seeds"]), "**chosen**" if r["chosen"] else ""]
+            for _, r in grid.iterrows()]
+    body += [markdown_table([*by, "data", "model", "embedding", "k", "d", *keys, "val AUC", "seeds", ""], rows), ""]
+    return Section(f"Tuning of {names} per arm", body)
+
+
+def auc_section(rep: Report) -> Section:
+    table = rep.table("auc_vs_dim", auc_vs_dim(rep.runs, rep.by))
+    max_seeds = int(table["seeds"].max()) if not table.empty else 0
+    rows = [[*rep.cells(r), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
+             _pm(r["auc_mean"], r["auc_std"]), _pm(r["logloss_mean"], r["logloss_std"]),
+             f"{int(r['seeds'])}" + ("" if r["seeds"] == max_seeds else " (missing seeds)")]
+            for _, r in table.iterrows()]
+    body = [markdown_table([*rep.by, "data", "model", "embedding", "k", "d", "test AUC", "test logloss", "seeds"],
+                           rows), ""]
+
+    def draw(key, group):
+        return [Panel(_method_lines(group, "dim", "auc_mean", "auc_std"), "embedding dimension d",
+                      "test AUC (mean ± std over seeds)", log2_x=True, xticks=_ticks(group["dim"]))], {"title": _title(key)}
+
+    body += rep.figures(table, [*rep.by, *KEYS], lambda key: f"auc_vs_dim_{_slug(*key)}", draw, "AUC vs d")
+    return Section("AUC and logloss against d", body)
+
+
+def reduction_section(rep: Report) -> Section:
+    reduction = rep.table("dim_reduction", dim_reduction(rep.tables["auc_vs_dim"], rep.by, rep.tolerance,
+                                                         rep.reference_dim))
+    summary = rep.table("dim_reduction_summary", reduction_summary(reduction, rep.by))
+    kinds = list(dict.fromkeys(reduction["embedding"]))
+    method = ", ".join(kind_name(k) for k in kinds) or kind_name("mlet")
+    ref = f"d = {rep.reference_dim}" if rep.reference_dim is not None else "the largest single-layer d run"
+    body = [f"Reference: the single-layer model at {ref}. Method d: the smallest d whose mean AUC of the method "
+            f"({method}, at each k) is at least the reference AUC minus the tolerance {rep.tolerance:g}. "
+            "Factor: reference d / method d (\"never\": no d reaches it; such pairs are left out of the max and "
+            "the mean). Single d: the smallest single-layer d that reaches the same target; where it is no larger "
+            "than the method's d, the single-layer curve is flat there and the factor says nothing about the "
+            "method.", ""]
+    several = len(kinds) > 1  # the method column, needed only where kinds could be confused
+    rows = [[*rep.cells(r), r["data"], r["model"], *([r["embedding"]] if several else []), _k(r["k"]),
+             _fmt(r["reference_dim"], 0) if r["reference_dim"] is not None else "-",
+             _fmt(r["reference_auc"]), _fmt(r["mlet_dim"], 0) if r["mlet_dim"] is not None else "-",
+             _fmt(r["mlet_auc"]), f"{r['factor']:.3g}x" if r["reached"] else "-",
+             _fmt(r["single_dim"], 0) if r["single_dim"] is not None else "-", r["note"] or ""]
+            for _, r in reduction.iterrows()]
+    body += [markdown_table([*rep.by, "data", "model", *(["embedding"] if several else []), "k", "reference d",
+                             "reference AUC", "method d", "method AUC", "factor", "single d", "note"], rows), ""]
+    rows = [[*rep.cells(r), r["data"], f"{int(r['reached'])}/{int(r['pairs'])}",
+             f"{int(r['beats_single'])}/{int(r['pairs'])}",
+             f"{r['max_factor']:.3g}x" if not math.isnan(r["max_factor"]) else "-",
+             f"{r['mean_factor']:.2f}x" if not math.isnan(r["mean_factor"]) else "-"] for _, r in summary.iterrows()]
+    body += [markdown_table([*rep.by, "data", "pairs reaching the reference", "method d < single d", "max factor",
+                             "mean factor"], rows), ""]
+    return Section("Dimension reduction at equal AUC", body)
+
+
+def inner_dim_section(rep: Report) -> Section:
+    inner = rep.table("auc_vs_inner_dim", auc_vs_inner_dim(rep.tables["auc_vs_dim"], rep.by))
+    if inner.empty:
+        return Section("AUC against the inner dimension k", ["No (dataset, model, d) was run with more than one k.", ""])
+    rows = [[*rep.cells(r), r["data"], r["model"], int(r["dim"]), r["embedding"], _k(r["k"]),
+             _pm(r["auc_mean"], r["auc_std"]), int(r["seeds"]), _pm(r["single_auc_mean"], r["single_auc_std"])]
+            for _, r in inner.iterrows()]
+    body = [markdown_table([*rep.by, "data", "model", "d", "embedding", "k", "AUC", "seeds", "single AUC at d"],
+                           rows), ""]
+
+    def draw(key, group):
+        lines = []
+        for kind, series in group.groupby("embedding", sort=True):
+            series = series.sort_values("k")
+            lines.append(Line(arm_label(kind, None), series["k"].tolist(), series["auc_mean"].tolist(),
+                              series["auc_std"].tolist()))
+        single = group.dropna(subset=["single_auc_mean"])
         if len(single):
-            m, s = float(single.iloc[0]), group["single_auc_std"].iloc[0]
-            ax.axhline(m, color="gray", linestyle="--", label=f"single d={int(key[-1])}")
-            if not (s is None or math.isnan(s)):
-                ax.axhspan(m - s, m + s, color="gray", alpha=0.15)
-        ax.set_xscale("log", base=2)
-        ks = sorted(group["k"].unique())
-        ax.set_xticks(ks, [str(int(k)) for k in ks])
-        ax.set_xlabel("inner dimension k")
-        ax.set_ylabel("test AUC (mean ± std over seeds)")
-        ax.set_title(" / ".join(str(x) for x in key[:-1]) + f" / d={int(key[-1])}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = out / f"auc_vs_k_{_slug(*key[:-1])}_d{int(key[-1])}.png"
-        files.append(_save(plt, fig, path))
-    return files
+            lines.append(Line(f"single d={int(key[-1])}", [], [single["single_auc_mean"].iloc[0]],
+                              [single["single_auc_std"].iloc[0]], "band"))
+        return [Panel(lines, "inner dimension k", "test AUC (mean ± std over seeds)", log2_x=True,
+                      xticks=_ticks(group["k"]))], {"title": _title(key[:-1]) + f" / d={int(key[-1])}"}
+
+    body += rep.figures(inner, [*rep.by, *KEYS, "dim"], lambda key: f"auc_vs_k_{_slug(*key[:-1])}_d{int(key[-1])}",
+                        draw, "AUC vs k")
+    return Section("AUC against the inner dimension k", body)
 
 
-def plot_buckets(btable: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
-    plt, files = _plt(), []
-    for key, group in btable.groupby([*by, *KEYS], dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        dims = sorted(group["dim"].unique())
-        fig, axes = plt.subplots(1, len(dims), figsize=(3.2 * len(dims) + 1, 3.6), squeeze=False, sharey=True)
-        for ax, d in zip(axes[0], dims):
-            for (emb, k), series in group[group["dim"] == d].groupby(SERIES, dropna=False, sort=True):
-                series = series.sort_values("order")
-                ax.errorbar(range(len(series)), series["auc_mean"], yerr=series["auc_std"].fillna(0), marker="o",
-                            capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-",
-                        color="black" if emb == "single" else None)
-                ax.set_xticks(range(len(series)), list(series["bucket"]), rotation=45)
-            ax.set_title(f"d={int(d)}")
-            ax.set_xlabel("training occurrences")
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("test AUC in bucket")
-        axes[0][-1].legend(fontsize="small")
-        fig.suptitle(" / ".join(str(x) for x in key))
-        path = out / f"buckets_{_slug(*key)}.png"
-        files.append(_save(plt, fig, path))
-    return files
+def buckets_section(rep: Report) -> Section:
+    by = rep.by
+    btable = rep.table("buckets", bucket_table(bucket_frame(rep.runs, by), by))
+    bcompare = rep.table("buckets_compare", bucket_compare(btable, by))
+    field_name = next((f for f in rep.runs["bucket_field"] if isinstance(f, str) and f), None)
+    which = "the row's rarest field (smallest training count)" if field_name in (None, "rarest") else f"field {field_name}"
+
+    def draw(key, group):
+        panels = []
+        for d in sorted(group["dim"].unique()):
+            part = group[group["dim"] == d]
+            labels = list(part.sort_values("_order")["bucket"].drop_duplicates())
+            lines = _method_lines(part, "_order", "auc_mean", "auc_std")
+            panels.append(Panel(lines, "training occurrences", "test AUC in bucket", title=f"d={int(d)}",
+                                xticks=(list(range(len(labels))), labels), rotate_xticks=True))
+        return panels, {"title": _title(key), "sharey": True}
+
+    if btable.empty:
+        return Section("Rare categories", ["No run records hold frequency-bucket metrics (the `frequency_buckets` "
+                                           "callback writes them).", ""])
+    if bcompare.empty:
+        # no single-layer and method arm share a group (e.g. ablations split by tags): every arm, side by side
+        body = [f"Test AUC per arm, test rows bucketed by the training count of the category of {which} "
+                "(rows: test rows in the bucket).", ""]
+        labels = list(dict.fromkeys(btable.sort_values("_order")["bucket"]))
+        rows_in = btable.groupby("bucket")["rows"].first()
+        rows = []
+        for key, part in _ordered(btable, by).groupby([*by, *ARM], dropna=False, sort=False):
+            key = dict(zip([*by, *ARM], key))
+            auc = dict(zip(part["bucket"], part["auc_mean"]))
+            rows.append([*(_cell(key[b]) for b in by), key["data"], key["model"], key["embedding"], _k(key["k"]),
+                         int(key["dim"]), *(_fmt(auc.get(b)) for b in labels)])
+        body += [markdown_table([*by, "data", "model", "embedding", "k", "d",
+                                 *(f"{b} ({_fmt(rows_in[b], 0)} rows)" for b in labels)], rows), ""]
+    else:
+        body = [f"Test rows bucketed by the training count of the category of {which}. Gain: the method's minus "
+                "the single-layer AUC; single-layer minus the method's logloss (positive: the method is better).",
+                ""]
+        rows = [[*rep.cells(r), r["data"], r["model"], int(r["dim"]), r["embedding"], _k(r["k"]), r["bucket"],
+                 _fmt(r["rows"], 0), _fmt(r["single_auc"]), _fmt(r["mlet_auc"]), _fmt(r["auc_gain"]),
+                 _fmt(r["single_logloss"]), _fmt(r["mlet_logloss"]), _fmt(r["logloss_gain"])]
+                for _, r in bcompare.iterrows()]
+        body += [markdown_table([*by, "data", "model", "d", "embedding", "k", "bucket", "rows", "single AUC",
+                                 "method AUC", "AUC gain", "single logloss", "method logloss", "logloss gain"],
+                                rows), ""]
+    body += rep.figures(btable, [*by, *KEYS], lambda key: f"buckets_{_slug(*key)}", draw, "buckets")
+    return Section("Rare categories", body)
 
 
-def plot_erank(stable: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
-    plt, files = _plt(), []
-    for key, group in stable.groupby([*by, *KEYS], dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        fig, ax = plt.subplots(figsize=(6, 4))
-        _series_vs_dim(ax, group, "erank")
-        dims = sorted(group["dim"].unique())
-        ax.plot(dims, dims, color="gray", linewidth=0.8, label="d (full rank)")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(dims, [str(int(d)) for d in dims])
-        ax.set_xlabel("embedding dimension d")
-        ax.set_ylabel("effective rank (mean over fields)")
-        ax.set_title(" / ".join(str(x) for x in key))
-        ax.grid(alpha=0.3)
-        ax.legend()
-        path = out / f"effective_rank_{_slug(*key)}.png"
-        files.append(_save(plt, fig, path))
-    return files
+def spectrum_section(rep: Report) -> Section:
+    fields, stable = spectrum_frames(rep.runs, rep.by)
+    rep.table("spectrum", stable)
+    rep.table("spectrum_fields", fields)
+    if stable.empty:
+        return Section("Embedding spectrum", ["No run records hold spectra (the `embedding_spectrum` callback "
+                                              "writes them).", ""])
+    body = ["Effective rank (Roy & Vetterli 2007: exp of the entropy of the singular values normalised to sum 1) "
+            "of each field's collapsed n x d table, averaged over fields; singular values per field in "
+            "`spectrum_fields.csv`.", ""]
+    rows = [[*rep.cells(r), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
+             _pm(r["erank_mean"], r["erank_std"], 2), f"{r['erank_over_d']:.2f}", int(r["seeds"])]
+            for _, r in stable.iterrows()]
+    body += [markdown_table([*rep.by, "data", "model", "embedding", "k", "d", "effective rank", "/ d", "seeds"],
+                            rows), ""]
+
+    def draw(key, group):
+        dims, labels = _ticks(group["dim"])
+        lines = _method_lines(group, "dim", "erank_mean", "erank_std") + [Line("d (full rank)", dims, dims,
+                                                                               style="guide")]
+        return [Panel(lines, "embedding dimension d", "effective rank (mean over fields)", log2_x=True,
+                      xticks=(dims, labels))], {"title": _title(key)}
+
+    body += rep.figures(stable, [*rep.by, *KEYS], lambda key: f"effective_rank_{_slug(*key)}", draw, "effective rank")
+    return Section("Embedding spectrum", body)
 
 
-def plot_erank_history(history: pd.DataFrame, by: Sequence[str], out: Path) -> list[Path]:
-    """Effective rank of the collapsed tables after each validation, one panel per d."""
-    plt, files = _plt(), []
-    for key, group in history.groupby([*by, *KEYS], dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        dims = sorted(group["dim"].unique())
-        fig, axes = plt.subplots(1, len(dims), figsize=(3.2 * len(dims) + 1, 3.6), squeeze=False)
-        for ax, d in zip(axes[0], dims):
-            for (emb, k), series in group[group["dim"] == d].groupby(SERIES, dropna=False, sort=True):
-                series = series.sort_values("epoch")
-                ax.errorbar(series["epoch"], series["erank_mean"], yerr=series["erank_std"].fillna(0), marker="o",
-                            capsize=3, label=_label(emb, k), linestyle="--" if emb == "single" else "-",
-                            color="black" if emb == "single" else None)
-            ax.set_title(f"d={int(d)}")
-            ax.set_xlabel("epoch")
-            ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("effective rank (mean over fields)")
-        axes[0][-1].legend(fontsize="small")
-        fig.suptitle(" / ".join(str(x) for x in key))
-        path = out / f"effective_rank_history_{_slug(*key)}.png"
-        files.append(_save(plt, fig, path))
-    return files
+def mechanism_section(rep: Report) -> Section:
+    by, keys = rep.by, [*rep.by, *ARM]
+    movement, history = mechanism_frames(rep.runs, by)
+    rep.table("absent_rows", movement)
+    rep.table("effective_rank_history", history)
+    body = []
+    if movement.empty and history.empty:
+        body += ["No run records hold the mechanism diagnostics (the `absent_row_movement` and "
+                 "`embedding_spectrum` callbacks write them).", ""]
+    if not movement.empty:
+        body += ["How far the collapsed rows that a training batch did not touch moved in that step (L2, mean over "
+                 "the sampled rows and measured steps; relative: over the row's norm), against the rows it touched. "
+                 "A single-layer table under SGD or a sparse optimiser leaves them exactly in place; MLET moves "
+                 "every row through A A^T G, the part of its update that comes from training B (with B fixed they "
+                 "stay in place too): the path by which rare categories learn from frequent ones.", ""]
+        ends = history.sort_values("epoch").groupby(keys, dropna=False)["erank_mean"].agg(["first", "last"])
+        table = movement.merge(ends.reset_index(), on=keys, how="left") if len(history) else movement.assign(
+            first=np.nan, last=np.nan)
+        rows = [[*rep.cells(r), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
+                 _pm(r["absent_mean"], r["absent_std"], 6), _fmt(r["absent_relative_mean"], 6),
+                 _fmt(r["present_mean"], 6), _fmt(r["ratio_mean"], 4), _fmt(r["first"], 2), _fmt(r["last"], 2),
+                 int(r["seeds"])] for _, r in table.iterrows()]
+        body += [markdown_table([*by, "data", "model", "embedding", "k", "d", "absent-row movement", "relative",
+                                 "present-row movement", "absent / present", "eff. rank, first epoch",
+                                 "eff. rank, last epoch", "seeds"], rows), ""]
+    if not history.empty:
+        body += ["Effective rank of the collapsed tables after each validation, mean over fields and seeds: "
+                 "`effective_rank_history.csv`.", ""]
+
+        def draw(key, group):
+            panels = [Panel(_method_lines(group[group["dim"] == d], "epoch", "erank_mean", "erank_std"), "epoch",
+                            "effective rank (mean over fields)", title=f"d={int(d)}", integer_x=True)
+                      for d in sorted(group["dim"].unique())]
+            return panels, {"title": _title(key)}
+
+        body += rep.figures(history, [*by, *KEYS], lambda key: f"effective_rank_history_{_slug(*key)}", draw,
+                            "effective rank over training")
+    return Section("Mechanism: rows absent from a batch, effective rank over training", body)
 
 
-# ---- the report --------------------------------------------------------------------------------
+# The report, in order: a section is a function of the Report returning a Section (or None to leave
+# itself out); add one by adding it here. Sections numbered 1, 2, ... as rendered.
+SECTIONS: list[Callable[[Report], Section | None]] = [
+    tuning_section, auc_section, reduction_section, inner_dim_section, buckets_section, spectrum_section,
+    mechanism_section,
+]
+
+
+def render_markdown(rep: Report, sections: Sequence[Section], warnings: Sequence[str]) -> str:
+    parts = ["# MLET report", "",
+             f"{len(rep.runs)} runs from {', '.join(rep.dirs)}. Every number scores the collapsed (deployed, "
+             "single-table) model on the test split; mean ± sample standard deviation (ddof 1) over seeds, "
+             "`seeds` = number of seeds.", ""]
+    if warnings:
+        parts += ["Warnings:", ""] + [f"- {w}" for w in warnings] + [""]
+    for number, section in enumerate(sections, 1):
+        parts += [f"## {number}. {section.title}", "", *section.body]
+    return "\n".join(parts).rstrip() + "\n"
+
+
 def build_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float = 0.0,
                  reference_dim: int | None = None, by: Sequence[str] = (), plots: bool = True,
-                 tune: str | None = None) -> dict:
-    """Write the report into ``out``; returns the tables (DataFrames) and the files written.
+                 tune: str | Sequence[str] | None = None, ignore: Sequence[str] = ()) -> dict:
+    """Write the report into ``out``; returns its tables (DataFrames by CSV name, and ``runs``,
+    ``warnings``, ``files``).
 
-    ``tune``: a config key (e.g. ``optimizer.lr``) tuned per arm on validation AUC
-    (:func:`tune_runs`); the tables then compare the best-tuned arms."""
+    ``tune``: config keys (e.g. ``optimizer.lr``, or ``"optimizer.lr,embedding.init"``) tuned per arm on
+    validation AUC (:func:`tune_runs`); the tables then compare the best-tuned arms. ``ignore``: more
+    config keys that do not tell arms apart (beside :data:`NOT_EXPERIMENT`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    tune = [k for t in ([tune] if isinstance(tune, str) else tune or []) for k in t.split(",") if k]
     by = list(by)
     records, warnings = load_records(dirs)
     if not records:
         raise FileNotFoundError(f"no run records (record.json) under {', '.join(str(d) for d in dirs)}")
-    runs, dup_warnings = runs_frame(records, [*by, tune] if tune else by)
-    warnings += dup_warnings
-    tuning = None
+    runs, run_warnings, split = runs_frame(records, [*by, *tune], ignore)
+    warnings += run_warnings
+    by = [*by, *split]
+    rep = Report(runs, by, out, [str(d) for d in dirs], tolerance, reference_dim, tune, plots)
     if tune:
-        runs, tuning = tune_runs(runs, tune, by)
-        runs = runs.drop(columns=[tune])
-    unscored = int(runs["test_auc"].isna().sum())
+        runs, grid, choice = tune_runs(runs, tune, by)
+        rep.runs = runs.drop(columns=tune)
+        rep.table("tuning", grid)
+        rep.table("tuning_choice", choice)
+    unscored = int(rep.runs["test_auc"].isna().sum())
     if unscored:
         warnings.append(f"{unscored} run(s) have no test AUC (test=false?) and are left out of the AUC tables")
-    table = auc_vs_dim(runs, by)
-    reduction = dim_reduction(table, by, tolerance, reference_dim)
-    summary = reduction_summary(reduction, by)
-    inner = auc_vs_inner_dim(table, by)
-    buckets = bucket_frame(records, runs, by)
-    btable = bucket_table(buckets, by)
-    bcompare = bucket_compare(btable, by)
-    sfields, stable = spectrum_frames(records, runs, by)
-    movement, history = mechanism_frames(records, runs, by)
-
-    files = []
-    csvs = {
-        "runs.csv": runs.drop(columns=["mtime"]),
-        "auc_vs_dim.csv": table,
-        "dim_reduction.csv": reduction,
-        "dim_reduction_summary.csv": summary,
-        "auc_vs_inner_dim.csv": inner,
-        "buckets.csv": btable.drop(columns=["order"], errors="ignore"),
-        "buckets_compare.csv": bcompare.drop(columns=["order"], errors="ignore"),
-        "spectrum.csv": stable,
-        "spectrum_fields.csv": sfields,
-        "absent_rows.csv": movement,
-        "effective_rank_history.csv": history,
-    }
-    if tuning is not None:
-        csvs["tuning.csv"] = tuning
-    for name, frame in csvs.items():
-        frame.to_csv(out / name, index=False)
-        files.append(out / name)
-    pngs: dict[str, list[Path]] = {"dim": [], "k": [], "buckets": [], "erank": [], "history": []}
-    if plots:
-        pngs["dim"] = plot_auc_vs_dim(table, by, out) if not table.empty else []
-        pngs["k"] = plot_auc_vs_k(inner, by, out) if not inner.empty else []
-        pngs["buckets"] = plot_buckets(btable, by, out) if not btable.empty else []
-        pngs["erank"] = plot_erank(stable, by, out) if not stable.empty else []
-        pngs["history"] = plot_erank_history(history, by, out) if not history.empty else []
-        files += [p for ps in pngs.values() for p in ps]
-
-    md = render_markdown(runs, table, reduction, summary, inner, btable, bcompare, stable, movement, history, pngs,
-                         by, tolerance, reference_dim, warnings, [str(d) for d in dirs], records)
-    if tuning is not None:
-        md = md.replace("\n## AUC and logloss against d", render_tuning(tuning, tune, by) + "\n## AUC and logloss against d", 1)
-    (out / "report.md").write_text(md)
-    files.append(out / "report.md")
-    return {"runs": runs, "auc_vs_dim": table, "dim_reduction": reduction, "dim_reduction_summary": summary,
-            "auc_vs_inner_dim": inner, "buckets": btable, "buckets_compare": bcompare, "spectrum": stable,
-            "spectrum_fields": sfields, "absent_rows": movement, "effective_rank_history": history,
-            "warnings": warnings, "files": files, "tuning": tuning}
+    runs_csv = out / "runs.csv"
+    rep.runs.drop(columns=["mtime", *_NESTED]).to_csv(runs_csv, index=False)
+    rep.files.append(runs_csv)
+    sections = [s for s in (section(rep) for section in SECTIONS) if s is not None]
+    md = out / "report.md"
+    md.write_text(render_markdown(rep, sections, warnings))
+    rep.files.append(md)
+    return {"runs": rep.runs, **rep.tables, "tuning": rep.tables.get("tuning"), "split_by": split,
+            "warnings": warnings, "files": rep.files}
 
 
-def render_tuning(tuning: pd.DataFrame, key: str, by: Sequence[str]) -> str:
-    parts = [f"## Tuning of `{key}` per arm", "",
-             f"Each arm (data, model, embedding, k, d) is reported at its own best `{key}`, chosen by mean "
-             "validation AUC over seeds (test AUC plays no part); every table below uses only those runs.", ""]
-    rows = [[*(str(r[b]) for b in by), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
-             str(r[key]), _fmt(r["val_auc_mean"]), int(r["seeds"]), "**chosen**" if r["chosen"] else ""]
-            for _, r in tuning.iterrows()]
-    parts += [markdown_table([*by, "data", "model", "embedding", "k", "d", key, "val AUC", "seeds", ""], rows), ""]
-    return "\n".join(parts)
-
-
-def render_markdown(runs, table, reduction, summary, inner, btable, bcompare, stable, movement, history, pngs, by,
-                    tolerance, reference_dim, warnings, dirs, records) -> str:
-    by = list(by)
-    parts = ["# MLET report", ""]
-    parts.append(f"{len(runs)} runs from {', '.join(dirs)}. Every number scores the collapsed (deployed, "
-                 "single-table) model on the test split; mean ± sample standard deviation (ddof 1) over seeds, "
-                 "`seeds` = number of seeds.")
-    parts.append("")
-    if warnings:
-        parts += ["Warnings:", ""] + [f"- {w}" for w in warnings] + [""]
-
-    # 1. AUC and logloss against d
-    parts += ["## AUC and logloss against d", ""]
-    max_seeds = int(table["seeds"].max()) if not table.empty else 0
-    rows = []
-    for _, r in table.iterrows():
-        rows.append([*(str(r[b]) for b in by), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
-                     _pm(r["auc_mean"], r["auc_std"]), _pm(r["logloss_mean"], r["logloss_std"]),
-                     f"{int(r['seeds'])}" + ("" if r["seeds"] == max_seeds else " (missing seeds)")])
-    parts += [markdown_table([*by, "data", "model", "embedding", "k", "d", "test AUC", "test logloss", "seeds"],
-                             rows), ""]
-    parts += [f"![AUC vs d]({p.name})" for p in pngs["dim"]] + [""]
-
-    # 2. dimension reduction
-    ref = f"d = {reference_dim}" if reference_dim is not None else "the largest single-layer d run"
-    parts += ["## Dimension reduction at equal AUC", "",
-              f"Reference: the single-layer model at {ref}. MLET d: the smallest d whose mean MLET AUC is at "
-              f"least the reference AUC minus the tolerance {tolerance:g}. Factor: reference d / MLET d "
-              "(\"never\": no MLET d reaches it; such pairs are left out of the max and the mean). "
-              "Single d: the smallest single-layer d that reaches the same target; where it is no larger "
-              "than the MLET d, the single-layer curve is flat there and the factor says nothing about MLET.",
-              ""]
-    rows = []
-    for _, r in reduction.iterrows():
-        rows.append([*(str(r[b]) for b in by), r["data"], r["model"], _k(r["k"]),
-                     _fmt(r["reference_dim"], 0) if r["reference_dim"] is not None else "-",
-                     _fmt(r["reference_auc"]), _fmt(r["mlet_dim"], 0) if r["mlet_dim"] is not None else "-",
-                     _fmt(r["mlet_auc"]), f"{r['factor']:.3g}x" if r["reached"] else "-",
-                     _fmt(r["single_dim"], 0) if r["single_dim"] is not None else "-", r["note"] or ""])
-    parts += [markdown_table([*by, "data", "model", "k", "reference d", "reference AUC", "MLET d", "MLET AUC",
-                              "factor", "single d", "note"], rows), ""]
-    rows = [[*(str(r[b]) for b in by), r["data"], f"{int(r['reached'])}/{int(r['pairs'])}",
-             f"{int(r['beats_single'])}/{int(r['pairs'])}",
-             f"{r['max_factor']:.3g}x" if not math.isnan(r["max_factor"]) else "-",
-             f"{r['mean_factor']:.2f}x" if not math.isnan(r["mean_factor"]) else "-"] for _, r in summary.iterrows()]
-    parts += [markdown_table([*by, "data", "pairs reaching the reference", "MLET d < single d", "max factor",
-                              "mean factor"], rows), ""]
-
-    # 3. AUC against k
-    parts += ["## AUC against the inner dimension k", ""]
-    if inner.empty:
-        parts += ["No (dataset, model, d) was run with more than one k.", ""]
-    else:
-        rows = [[*(str(r[b]) for b in by), r["data"], r["model"], int(r["dim"]), _k(r["k"]),
-                 _pm(r["auc_mean"], r["auc_std"]), int(r["seeds"]), _pm(r["single_auc_mean"], r["single_auc_std"])]
-                for _, r in inner.iterrows()]
-        parts += [markdown_table([*by, "data", "model", "d", "k", "MLET AUC", "seeds", "single AUC at d"], rows), ""]
-        parts += [f"![AUC vs k]({p.name})" for p in pngs["k"]] + [""]
-
-    # 5. rare categories
-    field = next((r.get("bucket_field") for r in records if r.get("bucket_field")), None)
-    parts += ["## Rare categories", ""]
-    which = "the row's rarest field (smallest training count)" if field in (None, "rarest") else f"field {field}"
-    if btable.empty:
-        parts += ["No run records hold frequency-bucket metrics (the `frequency_buckets` callback writes them).", ""]
-    elif bcompare.empty:
-        # no single-layer and MLET arm share a group (e.g. ablations split by tags): every arm, side by side
-        parts += [f"Test AUC per arm, test rows bucketed by the training count of the category of {which} "
-                  "(rows: test rows in the bucket).", ""]
-        labels = list(dict.fromkeys(btable.sort_values("order")["bucket"]))
-        rows_in = btable.groupby("bucket")["rows"].first()
-        arms = _ordered(btable, by).groupby([*by, *KEYS, *SERIES, "dim"], dropna=False, sort=False)
-        rows = []
-        for key, part in arms:
-            key = dict(zip([*by, *KEYS, *SERIES, "dim"], key))
-            auc = dict(zip(part["bucket"], part["auc_mean"]))
-            rows.append([*(str(key[b]) for b in by), key["data"], key["model"], key["embedding"], _k(key["k"]),
-                         int(key["dim"]), *(_fmt(auc.get(b)) for b in labels)])
-        parts += [markdown_table([*by, "data", "model", "embedding", "k", "d",
-                                  *(f"{b} ({_fmt(rows_in[b], 0)} rows)" for b in labels)], rows), ""]
-        parts += [f"![buckets]({p.name})" for p in pngs["buckets"]] + [""]
-    else:
-        parts += [f"Test rows bucketed by the training count of the category of {which}. Gain: MLET minus "
-                  "single-layer AUC; single-layer minus MLET logloss (positive: MLET better).", ""]
-        rows = [[*(str(r[b]) for b in by), r["data"], r["model"], int(r["dim"]), _k(r["k"]), r["bucket"],
-                 _fmt(r["rows"], 0), _fmt(r["single_auc"]), _fmt(r["mlet_auc"]), _fmt(r["auc_gain"]),
-                 _fmt(r["single_logloss"]), _fmt(r["mlet_logloss"]), _fmt(r["logloss_gain"])]
-                for _, r in bcompare.iterrows()]
-        parts += [markdown_table([*by, "data", "model", "d", "k", "bucket", "rows", "single AUC", "MLET AUC",
-                                  "AUC gain", "single logloss", "MLET logloss", "logloss gain"], rows), ""]
-        parts += [f"![buckets]({p.name})" for p in pngs["buckets"]] + [""]
-
-    # 6. spectrum
-    parts += ["## Embedding spectrum", ""]
-    if stable.empty:
-        parts += ["No run records hold spectra (the `embedding_spectrum` callback writes them).", ""]
-    else:
-        parts += ["Effective rank (Roy & Vetterli 2007: exp of the entropy of the singular values normalised to "
-                  "sum 1) of each field's collapsed n x d table, averaged over fields; singular values per field "
-                  "in `spectrum_fields.csv`.", ""]
-        rows = [[*(str(r[b]) for b in by), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
-                 _pm(r["erank_mean"], r["erank_std"], 2), f"{r['erank_over_d']:.2f}", int(r["seeds"])]
-                for _, r in stable.iterrows()]
-        parts += [markdown_table([*by, "data", "model", "embedding", "k", "d", "effective rank", "/ d", "seeds"],
-                                 rows), ""]
-        parts += [f"![effective rank]({p.name})" for p in pngs["erank"]] + [""]
-
-    # 7. mechanism
-    parts += ["## Mechanism: rows absent from a batch, effective rank over training", ""]
-    if movement.empty and history.empty:
-        parts += ["No run records hold the mechanism diagnostics (the `absent_row_movement` and "
-                  "`embedding_spectrum` callbacks write them).", ""]
-    if not movement.empty:
-        parts += ["How far the collapsed rows that a training batch did not touch moved in that step (L2, mean "
-                  "over the sampled rows and measured steps; relative: over the row's norm), against the rows it "
-                  "touched. A single-layer table under SGD or a sparse optimiser leaves them exactly in place; "
-                  "MLET moves every row through A A^T G, the part of its update that comes from training B "
-                  "(with B fixed they stay in place too): the path by which rare categories learn from "
-                  "frequent ones.",
-                  ""]
-        first = history.sort_values("epoch").groupby([*by, *KEYS, *SERIES, "dim"], dropna=False)
-        ranks = {key: (g["erank_mean"].iloc[0], g["erank_mean"].iloc[-1]) for key, g in first}
-        rows = []
-        for _, r in movement.iterrows():
-            key = tuple(r[c] for c in [*by, *KEYS, *SERIES, "dim"])
-            e0, e1 = next((v for kk, v in ranks.items() if _same(kk, key)), (None, None))
-            rows.append([*(str(r[b]) for b in by), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
-                         _pm(r["absent_mean"], r["absent_std"], 6), _fmt(r["absent_relative_mean"], 6),
-                         _fmt(r["present_mean"], 6), _fmt(r["ratio_mean"], 4), _fmt(e0, 2), _fmt(e1, 2),
-                         int(r["seeds"])])
-        parts += [markdown_table([*by, "data", "model", "embedding", "k", "d", "absent-row movement",
-                                  "relative", "present-row movement", "absent / present",
-                                  "eff. rank, first epoch", "eff. rank, last epoch", "seeds"], rows), ""]
-    if not history.empty:
-        parts += ["Effective rank of the collapsed tables after each validation, mean over fields and seeds: "
-                  "`effective_rank_history.csv`.", ""]
-        parts += [f"![effective rank over training]({p.name})" for p in pngs["history"]] + [""]
-    return "\n".join(parts).rstrip() + "\n"
-
-
-def _same(a: tuple, b: tuple) -> bool:
-    """Equal keys, NaN (the single-layer k) equal to NaN."""
-    return len(a) == len(b) and all(x == y or (_isnan(x) and _isnan(y)) for x, y in zip(a, b))
-
-
-def _isnan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)
+def _keys(values: Sequence[str]) -> list[str]:
+    """``["a,b", "c"]`` -> ``["a", "b", "c"]``: keys given comma-separated, repeated, or both."""
+    return [k for v in values for k in v.split(",") if k]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -797,22 +997,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="directories searched recursively for record.json (default: outputs)")
     parser.add_argument("--out", default="outputs/report", help="report directory (default: outputs/report)")
     parser.add_argument("--tolerance", type=float, default=0.0,
-                        help="MLET reaches the reference when its mean AUC >= reference AUC - tolerance (default 0)")
+                        help="a method reaches the reference when its mean AUC >= reference AUC - tolerance (default 0)")
     parser.add_argument("--reference-dim", type=int, default=None,
                         help="single-layer d of the reference AUC (default: the largest single-layer d run)")
     parser.add_argument("--by", nargs="*", default=[], metavar="KEY",
                         help="config keys that also split every table, e.g. optimizer.lr embedding.init")
-    parser.add_argument("--tune", default=None, metavar="KEY",
-                        help="a config key tuned per arm on validation AUC, e.g. optimizer.lr: compare best-tuned arms")
+    parser.add_argument("--tune", action="append", default=[], metavar="KEY[,KEY...]",
+                        help="config keys tuned per arm on mean validation AUC, e.g. optimizer.lr,embedding.init "
+                             "(or --tune repeated): every arm is compared at its own best combination")
+    parser.add_argument("--ignore", action="append", default=[], metavar="KEY[,KEY...]",
+                        help="config keys that do not tell arms apart (e.g. data.path after moving a file)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.tolerance < 0:
         parser.error("--tolerance must be >= 0")
+    by = _keys(args.by)
+    tune = _keys(args.tune)
+    both = sorted(set(by) & set(tune))
+    if both:
+        parser.error(f"{', '.join(both)}: given to both --by and --tune; a key either splits the tables or is tuned")
     try:
-        result = build_report(args.dirs, args.out, args.tolerance, args.reference_dim, args.by,
-                              plots=not args.no_plots, tune=args.tune)
-    except FileNotFoundError as exc:
+        result = build_report(args.dirs, args.out, args.tolerance, args.reference_dim, by,
+                              plots=not args.no_plots, tune=tune, ignore=_keys(args.ignore))
+    except (FileNotFoundError, MletError) as exc:
         print(f"mlet-report: error: {exc}", file=sys.stderr)
         return 2
     for w in result["warnings"]:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from mlet import report
 from mlet.records import write_record
-from mlet.report import build_report, main
+from mlet.report import arm_label, build_report, main
 
 # (model, embedding, k, d) -> test AUC per seed (None: that seed is missing)
 AUC = {
@@ -293,3 +301,222 @@ def test_rare_buckets_per_arm_when_no_pair_shares_a_group(tmp_path):
     assert "| variant | data | model | embedding | k | d | 0 (10 rows) | 1-10 (20 rows) |" in md
     assert "| b | ds | m1 | mlet | 64 | 4 | - | 0.6600 | 0.7000 | 0.7500 | 0.8000 |" in md
     assert "| a | ds | m1 | single | - | 4 | - | 0.6100 |" in md
+
+
+# ---- arms are told apart by every experiment-defining setting ------------------------------------
+def _mlet_report(*args) -> subprocess.CompletedProcess:
+    """The installed ``mlet-report`` console script, as the user types it."""
+    exe = Path(sys.executable).with_name("mlet-report")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def _config(d, k, seed, **over):
+    """A resolved config as a run writes it: experiment keys and keys that define nothing."""
+    cfg = {"seed": seed, "datamodule": {"seed": seed, "batch_size": 1024, "num_workers": 0},
+           "data": {"protocol": "dlrm", "path": "/data/train.txt"},
+           "embedding": {"dim": d, "inner_dim": k}, "optimizer": {"lr": 0.001},
+           "trainer": {"max_epochs": 5, "enable_progress_bar": True},
+           "paths": {"output_dir": f"/out/run-{seed}"}, "tags": [], "force": False, "ckpt_path": "last"}
+    for dotted, value in over.items():
+        node = cfg
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    return cfg
+
+
+def _run(root, name, emb, k, d, seed, auc, val=None, mtime=None, **over):
+    rec = {**_record("m", emb, k, d, seed, auc), "config": _config(d, k, seed, **over)}
+    if val is not None:
+        rec["val_auc"] = val
+    path = write_record(root / name / "record.json", rec)
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_runs_that_differ_in_a_setting_outside_the_grouping_are_separate_arms(tmp_path):
+    # the same data/model/embedding/k/d/seed under two Criteo protocols: two arms, neither dropped
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        _run(root, f"dlrm-{seed}", "mlet", 64, 4, seed, 0.80, mtime=1000 + seed, data__protocol="dlrm")
+        _run(root, f"bars-{seed}", "mlet", 64, 4, seed, 0.70, mtime=2000 + seed, data__protocol="bars_x4_001")
+    out = tmp_path / "report"
+    proc = _mlet_report(root, "--out", out, "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    assert "duplicate" not in proc.stderr
+    warning = next(line for line in proc.stderr.splitlines() if "differ in data.protocol" in line)
+    assert "bars_x4_001, dlrm" in warning and "`--by data.protocol`" in warning
+    table = pd.read_csv(out / "auc_vs_dim.csv")
+    assert dict(zip(table["data.protocol"], table["auc_mean"])) == {"bars_x4_001": pytest.approx(0.70),
+                                                                    "dlrm": pytest.approx(0.80)}
+    assert list(table["seeds"]) == [2, 2]
+    md = (out / "report.md").read_text()
+    assert "| data.protocol | data | model | embedding | k | d |" in md
+    assert "| bars_x4_001 | ds | m | mlet | 64 | 4 | 0.7000 ± 0.0000 |" in md
+
+
+def test_seeds_paths_and_progress_settings_do_not_split_an_arm_and_duplicates_name_what_differs(tmp_path):
+    root = tmp_path / "runs"
+    for seed in (0, 1, 2):  # seed, datamodule.seed and paths differ: one arm, three seeds
+        _run(root, f"a-{seed}", "single", None, 8, seed, 0.70 + seed / 100, mtime=1000 + seed)
+    # seed 2 again, later, on another machine without a progress bar: the same run, the newer counts
+    _run(root, "again", "single", None, 8, 2, 0.60, mtime=3000,
+         paths__output_dir="/elsewhere", trainer__enable_progress_bar=False)
+    res = build_report([root], tmp_path / "report", plots=False)
+    assert res["split_by"] == []
+    row = _row(res["auc_vs_dim"], embedding="single", dim=8)
+    assert row["seeds"] == 3 and row["auc_mean"] == pytest.approx((0.70 + 0.71 + 0.60) / 3)
+    (warning,) = [w for w in res["warnings"] if "duplicate run" in w]
+    assert str(root / "a-2") in warning and str(root / "again") in warning
+    assert "differ only in paths.output_dir, trainer.enable_progress_bar" in warning
+
+
+def test_ignore_merges_runs_that_differ_only_in_a_named_key(tmp_path):
+    root = tmp_path / "runs"
+    _run(root, "here", "mlet", 64, 4, 0, 0.70, data__path="/data/train.txt")
+    _run(root, "moved", "mlet", 64, 4, 1, 0.72, data__path="/mnt/train.txt")
+    assert build_report([root], tmp_path / "r1", plots=False)["split_by"] == ["data.path"]
+    res = build_report([root], tmp_path / "r2", plots=False, ignore=["data.path"])
+    assert res["split_by"] == [] and _row(res["auc_vs_dim"], dim=4)["seeds"] == 2
+
+
+def test_unknown_by_key_is_a_one_line_error(tmp_path):
+    root = tmp_path / "runs"
+    _run(root, "a", "mlet", 64, 4, 0, 0.70)
+    proc = _mlet_report(root, "--out", tmp_path / "r", "--by", "optimizer.lrr")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("mlet-report: error: optimizer.lrr (--by or --tune): no run record's config "
+                                   "has this key")
+
+
+# ---- every embedding kind is its own method, labelled from the record --------------------------
+def test_arm_label_comes_from_kind_and_inner_dim():
+    assert arm_label("single", float("nan")) == "single"
+    assert arm_label("mlet", 64.0) == "mlet k=64"
+    assert arm_label("lowrank", 2.0) == "lowrank k=2"
+    assert arm_label("hashed", float("nan")) == "hashed"
+
+
+def test_a_kind_other_than_mlet_is_its_own_method_in_every_table_and_plot(tmp_path, monkeypatch):
+    # lowrank k=64 and mlet k=64 at the same d must not merge, nor be drawn as "mlet"
+    root = tmp_path / "runs"
+    for name, emb, k, d, auc in (("s4", "single", None, 4, 0.70), ("s16", "single", None, 16, 0.75),
+                                 ("m4", "mlet", 64, 4, 0.76), ("l4", "lowrank", 64, 4, 0.60),
+                                 ("l16", "lowrank", 64, 16, 0.74), ("m16", "mlet", 64, 16, 0.78)):
+        _run(root, name, emb, k, d, 0, auc, buckets=None)
+    labels = []
+    real_plot = report.plot
+
+    def recording_plot(path, panels, **options):
+        labels.append((Path(path).name, sorted(line.label for p in panels for line in p.lines)))
+        return real_plot(path, panels, **options)
+
+    monkeypatch.setattr(report, "plot", recording_plot)
+    res = build_report([root], tmp_path / "report")
+    assert ("auc_vs_dim_ds_m.png", ["lowrank k=64", "mlet k=64", "single"]) in labels
+    red = res["dim_reduction"].set_index("embedding")
+    assert red.loc["mlet", "mlet_dim"] == 4 and red.loc["mlet", "factor"] == 4
+    assert red.loc["lowrank", "mlet_dim"] == "never" and red.loc["lowrank", "note"] == "best lowrank AUC 0.7400"
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| ds | m | lowrank | 64 | 16 | 0.7500 | never | - | - | 16 | best lowrank AUC 0.7400 |" in md
+    assert "(lowrank, MLET, at each k)" in md
+
+
+# ---- --tune with several keys ---------------------------------------------------------------------
+def _tuning_grid(root):
+    """single: best val at lr 0.003, init_std 0.5 (edge: init_std only); mlet: lr 0.01, init_std 0.1
+    (edge: both). Test AUC is highest elsewhere, so it must play no part."""
+    val = {("single", 0.003, 0.5): 0.74, ("mlet", 0.01, 0.1): 0.78}
+    for emb, k in (("single", None), ("mlet", 64)):
+        for lr in (0.001, 0.003, 0.01):
+            for std in (0.1, 0.5):
+                for seed in (0, 1):
+                    v = val.get((emb, lr, std), 0.70)
+                    test = 0.90 if v == 0.70 else 0.75 + seed / 100
+                    _run(root, f"{emb}-{lr}-{std}-{seed}", emb, k, 8, seed, test, val=v,
+                         optimizer__lr=lr, embedding__init_std=std)
+
+
+def test_tune_several_keys_picks_each_arms_best_combination_and_flags_the_grid_edge(tmp_path):
+    root = tmp_path / "runs"
+    _tuning_grid(root)
+    comma = _mlet_report(root, "--out", tmp_path / "comma", "--no-plots", "--tune", "optimizer.lr,embedding.init_std")
+    assert comma.returncode == 0, comma.stderr
+    repeated = _mlet_report(root, "--out", tmp_path / "rep", "--no-plots", "--tune", "optimizer.lr",
+                            "--tune", "embedding.init_std")
+    assert repeated.returncode == 0, repeated.stderr
+    choice = pd.read_csv(tmp_path / "comma" / "tuning_choice.csv", keep_default_na=False)
+    assert choice.equals(pd.read_csv(tmp_path / "rep" / "tuning_choice.csv", keep_default_na=False))
+    got = {r["embedding"]: (r["optimizer.lr"], r["embedding.init_std"], r["edge"]) for _, r in choice.iterrows()}
+    assert got == {
+        "single": (0.003, 0.5, "embedding.init_std at the largest value tried"),
+        "mlet": (0.01, 0.1, "optimizer.lr at the largest value tried; embedding.init_std at the smallest value tried"),
+    }
+    table = pd.read_csv(tmp_path / "comma" / "auc_vs_dim.csv").set_index("embedding")
+    assert table.loc["single", "auc_mean"] == pytest.approx(0.755) and table.loc["single", "seeds"] == 2
+    assert table.loc["mlet", "auc_mean"] == pytest.approx(0.755)
+    assert len(pd.read_csv(tmp_path / "comma" / "tuning.csv")) == 2 * 3 * 2
+    md = (tmp_path / "comma" / "report.md").read_text()
+    assert "## 1. Tuning of `optimizer.lr`, `embedding.init_std` per arm" in md
+    assert "| ds | m | single | - | 8 | 0.003 | 0.5 | 0.7400 | 2 | embedding.init_std at the largest value tried |" in md
+    assert "2 of 2 arms chose a setting on the edge of the grid." in md
+
+
+# ---- the report is a list of sections, numbered as rendered ---------------------------------------
+def test_sections_are_numbered_without_gaps_and_a_section_is_added_by_a_function(records_dir, tmp_path,
+                                                                              monkeypatch):
+    def runs_per_model(rep):
+        counts = rep.runs.groupby("model").size()
+        rep.table("runs_per_model", counts.rename("runs").reset_index())
+        return report.Section("Runs per model", [f"{m}: {n}" for m, n in counts.items()])
+
+    monkeypatch.setattr(report, "SECTIONS", [*report.SECTIONS, runs_per_model])
+    res = build_report([records_dir], tmp_path / "report", plots=False)
+    md = (tmp_path / "report" / "report.md").read_text()
+    numbers = [int(m) for m in re.findall(r"^## (\d+)\. ", md, flags=re.M)]
+    assert numbers == list(range(1, 8))  # tuning is left out without --tune: 6 built-in sections + 1
+    assert md.startswith("# MLET report") and "## 1. AUC and logloss against d" in md
+    assert "## 7. Runs per model\n\nm1: 13\nm2: 4\nm3: 3" in md
+    assert list(res["runs_per_model"]["runs"]) == [13, 4, 3]
+    assert (tmp_path / "report" / "runs_per_model.csv").is_file()
+
+
+def test_single_layer_runs_are_the_reference_of_every_split_they_lack_the_setting_of(tmp_path):
+    # ablation-like: MLET under two inits (a setting single-layer runs do not have) and single-layer
+    # runs under two table_lr_scale values; without --by the tables split by both keys, and the
+    # single-layer arm with table_lr_scale 1.0 is the reference of both MLET inits
+    root = tmp_path / "runs"
+    for d, single, scaled, authors in ((4, 0.70, 0.74, 0.71), (16, 0.73, 0.76, 0.72)):
+        _run(root, f"s{d}", "single", None, d, 0, single, embedding={"dim": d})
+        _run(root, f"s{d}x4", "single", None, d, 0, single - 0.05, embedding={"dim": d},
+             optimizer__table_lr_scale=4.0)
+        _run(root, f"m{d}", "mlet", 64, d, 0, scaled, embedding__init="scaled", optimizer__table_lr_scale=1.0)
+        _run(root, f"a{d}", "mlet", 64, d, 0, authors, embedding__init="authors", optimizer__table_lr_scale=1.0)
+    for name in ("s4", "s16"):  # the plain single-layer runs carry table_lr_scale 1.0 too
+        path = root / name / "record.json"
+        rec = json.loads(path.read_text())
+        rec["config"]["optimizer"]["table_lr_scale"] = 1.0
+        write_record(path, rec)
+    res = build_report([root], tmp_path / "report", plots=False)
+    assert sorted(res["split_by"]) == ["embedding.init", "optimizer.table_lr_scale"]
+    red = res["dim_reduction"].set_index("embedding.init")
+    assert list(red["reference_auc"]) == pytest.approx([0.73, 0.73])
+    assert red.loc["scaled", "mlet_dim"] == 4 and red.loc["scaled", "factor"] == 4
+    assert red.loc["authors", "mlet_dim"] == "never"
+    table = res["auc_vs_dim"]
+    single = table[table["embedding"] == "single"]
+    assert single["embedding.init"].isna().all() and len(single) == 4  # the table itself is not repeated
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| - | 4.0 | ds | m | single | - | 4 | 0.6500 |" in md
+
+
+def test_a_single_layer_run_swept_over_k_is_one_arm(tmp_path):
+    # embedding.inner_dim means nothing to a single-layer table: runs under k=64 and k=256 are seeds of one arm
+    root = tmp_path / "runs"
+    _run(root, "k64", "single", None, 8, 0, 0.70, embedding={"dim": 8, "inner_dim": 64})
+    _run(root, "k256", "single", None, 8, 1, 0.72, embedding={"dim": 8, "inner_dim": 256})
+    res = build_report([root], tmp_path / "report", plots=False)
+    assert res["split_by"] == [] and not res["warnings"]
+    assert _row(res["auc_vs_dim"], embedding="single", dim=8)["seeds"] == 2
