@@ -25,7 +25,7 @@ from mlet.data import splits as S
 from mlet.data.parsing import BadLineError, Chunk, ParseContext, RawFileError
 from mlet.data.segments import Segment
 from mlet.data.source import DataOptionError, PreparedSource
-from mlet.data.textparse import PAD, decode_token
+from mlet.data.textparse import PAD, decode_token, open_binary, read_header
 
 SPLIT_VALUES = {"train": S.TRAIN, "val": S.VAL, "valid": S.VAL, "validation": S.VAL, "test": S.TEST}
 NULL_INT_KEY = np.iinfo(np.int64).min  # a missing value of an integer categorical column
@@ -238,11 +238,14 @@ class Tabular(PreparedSource):
                     convert_options=pacsv.ConvertOptions(include_columns=self.columns,
                                                           column_types={c: pa.binary() for c in self.columns}),
                 )
-                for batch in reader:
+                for i, batch in enumerate(reader):
                     for entry in invalid[reported:]:
                         reject_invalid(entry)
                     reported = len(invalid)
-                    yield batch, row + 2 + reported, raw.tell()
+                    # pyarrow reads ahead (32 blocks); a batch is one block of text, so the bytes
+                    # parsed are about (batches) x block_bytes of an uncompressed file
+                    read = raw.tell() if codec is not None else min(raw.tell(), (i + 1) * self.block_bytes)
+                    yield batch, row + 2 + reported, read
                     row += batch.num_rows
             except pa.ArrowInvalid as exc:
                 for entry in invalid[reported:]:
@@ -269,8 +272,8 @@ class Tabular(PreparedSource):
         path = Path(segment.path)
         fmt = self._format(path)
         if fmt == "csv":
-            with open(path, "rb") as f:
-                header = f.readline().rstrip(b"\r\n").decode("utf-8", "replace").split(self.delimiter)
+            with open_binary(path) as f:
+                header = read_header(f)[0].decode("utf-8", "replace").split(self.delimiter)
             names = [h.strip('"') for h in header]
             missing = [c for c in self.columns if c not in names]
             if missing:

@@ -96,3 +96,23 @@ def test_columns_are_checked(tmp_path):
     path.write_text("y,a\n1,2\n")
     with pytest.raises(ValueError, match="no column"):
         table(path, tmp_path / "cache", label="y", categorical=["nope"]).prepare()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "csv.gz"])
+def test_csv_progress_moves_with_the_bytes_read(tmp_path, suffix):
+    """The parse progress of one CSV advances with every batch (it sat at 0 bytes until the end)."""
+    import gzip
+
+    path = tmp_path / f"clicks.{suffix}"
+    n = 3000 if suffix == "csv" else 20000  # gzip: enough compressed bytes for several reads
+    text = AVAZU_HEADER + "\n" + "".join(",".join(r) + "\n" for r in avazu_rows(n, seed=6))
+    path.write_bytes(gzip.compress(text.encode()) if suffix.endswith("gz") else text.encode())
+    src = table(path, tmp_path / "cache", label="click", categorical=["site_id", "C14"], block_bytes=16 << 10)
+    seg = src.segments()[0]
+    updates = []
+    chunks = list(src.parse(seg, src.parse_context(seg, lambda nbytes, rows: updates.append((nbytes, rows)))))
+    assert len(chunks) >= 10 and sum(len(c.label) for c in chunks) == n
+    done = np.cumsum([b for b, _ in updates])
+    assert done[-1] == seg.size == path.stat().st_size  # all bytes, counted once
+    assert (np.diff(done) >= 0).all()
+    assert len(np.unique(done[:-1])) >= 5 and done[0] < seg.size / 2  # moving before the end
