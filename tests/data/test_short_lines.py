@@ -177,3 +177,29 @@ def test_tabular_csv_short_rows(tmp_path):
     assert skipped.meta["short_lines"]["skipped"] == 1 and skipped.meta["rows"] == 39
     with pytest.raises(DataOptionError, match="data.on_short_line must be one of \\('error', 'skip'\\)"):
         Tabular(path, cache_dir=tmp_path / "c", on_short_line="pad", **kw)
+
+
+def test_mlet_prepare_stops_at_a_short_line_and_counts_padded_ones(short_file, tmp_path):
+    """The command (as tests/data/test_prepare_cli.py runs it: the installed mlet-prepare does not find
+    its configs on this branch): a short line stops it with one message; asked to pad, it reports the count."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, path = short_file
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "MLET_DATA_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cmd = [sys.executable, "-m", "mlet.prepare", "data=criteo_kaggle", f"data.path={path}", "data.workers=1"]
+    run = subprocess.run(cmd + ["data.progress=false"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert f"{path}, line 5, whole line: 39 fields where 40 are expected" in run.stderr
+    assert "data.on_short_line=pad" in run.stderr
+    run = subprocess.run(cmd + ["data.on_short_line=pad"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "2 padded (data.on_short_line=pad, first" in run.stderr  # summary and warning
+    meta = json.loads((Path(run.stdout.strip().splitlines()[-1]) / "meta.json").read_text())
+    assert meta["short_lines"]["padded"] == 2 and meta["options"]["on_short_line"] == "pad"
