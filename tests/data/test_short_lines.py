@@ -15,7 +15,7 @@ from rawdata import AVAZU_HEADER, avazu_rows, criteo_line, criteo_rows, write_av
 from mlet.data.avazu import Avazu
 from mlet.data.criteo import CriteoKaggle, CriteoTerabyte
 from mlet.data.movielens import MovieLens100K
-from mlet.data.pipeline import BadLineError
+from mlet.data.parsing import BadLineError
 from mlet.data.source import DataOptionError
 from mlet.data.tabular import Tabular
 
@@ -129,7 +129,8 @@ def test_terabyte_days_follow_the_policy(tmp_path):
     for d in range(2):
         write_lines(folder / f"day_{d}", criteo_short_rows(40, seed=30 + d))
     with pytest.raises(BadLineError, match="day_0, line 5, whole line: 39 fields where 40 are expected"):
-        CriteoTerabyte(folder, cache_dir=tmp_path / "c", days=2, negative_keep_rate=None, progress=False).prepare()
+        CriteoTerabyte(folder, cache_dir=tmp_path / "c", days=2, negative_keep_rate=None, progress=False,
+                       workers=1).prepare()  # one worker: the first file fails first
     arrays = CriteoTerabyte(folder, cache_dir=tmp_path / "c", days=2, negative_keep_rate=None, progress=False,
                             on_short_line="pad").load()
     assert arrays.meta["short_lines"]["padded_by_file"] == {str(folder / "day_0"): 2, str(folder / "day_1"): 2}
