@@ -14,6 +14,7 @@ of a line with the wrong number of fields, so it is found again by its text.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -23,7 +24,7 @@ import pyarrow as pa
 
 from mlet.data import splits as S
 from mlet.data.parsing import BadLineError, Chunk, ParseContext, RawFileError
-from mlet.data.segments import Segment
+from mlet.data.segments import LimitedReader, Segment, text_segments
 from mlet.data.source import DataOptionError, PreparedSource
 from mlet.data.textparse import PAD, decode_token, open_binary, read_header
 
@@ -197,13 +198,29 @@ class Tabular(PreparedSource):
         return reader
 
     def segments(self) -> list[Segment]:
-        return [Segment(i, i, str(p), 0, None, 1, p.stat().st_size) for i, p in enumerate(self.paths)]
+        """Parquet and compressed CSV files: one segment each; an uncompressed CSV file: pieces of
+        at least ``segment_bytes`` cut at line starts after the header, one per worker (rows hold
+        no line breaks, as pyarrow's reader assumes too)."""
+        segs: list[Segment] = []
+        for i, p in enumerate(self.paths):
+            if self._format(p) == "csv" and _codec(p) is None:
+                with open(p, "rb") as f:
+                    head = read_header(f)[1]
+                for s in text_segments([p], [head], pieces=self._pieces(), min_bytes=self.segment_bytes):
+                    segs.append(Segment(len(segs), i, s.path, s.start, s.end, s.first_line, s.size))
+            else:
+                first = 2 if self._format(p) == "csv" else 1  # a CSV's first row is on line 2
+                segs.append(Segment(len(segs), i, str(p), 0, None, first, p.stat().st_size))
+        return segs
 
     # -- reading -------------------------------------------------------------------------------
-    def _csv_batches(self, path: Path, ctx: ParseContext) -> Iterator[tuple[pa.RecordBatch, int, int]]:
-        """(batch, line number of its first row, bytes of the file read so far) of a CSV file."""
+    def _csv_batches(self, segment: Segment, names: list[str], ctx: ParseContext
+                     ) -> Iterator[tuple[pa.RecordBatch, int, int]]:
+        """(batch, line of its first row counted from the segment's first line, bytes of the
+        segment read so far) of a CSV segment; ``ctx.lines`` gets the segment's lines."""
         import pyarrow.csv as pacsv
 
+        path = Path(segment.path)
         invalid: list[tuple[int, int, str, bool]] = []
 
         def is_short(row) -> bool:  # fewer fields, the last one not empty: stripped trailing fields
@@ -222,18 +239,25 @@ class Tabular(PreparedSource):
             ctx.reject(_find_line(path, text), "whole line", f"{actual} fields where {expected} are expected",
                        path=str(path), short=short)
 
-        try:
-            codec = pa.Codec.detect(str(path))  # compressed (.gz, .bz2, ...) by its extension
-        except (TypeError, ValueError):
-            codec = None
-        row = 0
+        codec = _codec(path)
+        whole = segment.first_line is not None and segment.end in (None, path.stat().st_size)  # one piece
+        rows = 0  # rows of the batches so far
         reported = 0
-        with pa.OSFile(str(path)) as raw:
-            stream = pa.CompressedInputStream(raw, codec.name) if codec is not None else raw
+        with ExitStack() as stack:
+            if codec is not None:  # one segment: the whole file, header included
+                raw = stack.enter_context(pa.OSFile(str(path)))
+                stream, skip = pa.CompressedInputStream(raw, codec.name), 1
+            else:
+                f = stack.enter_context(open(path, "rb"))
+                f.seek(segment.start)
+                stream = raw = _CountingReader(LimitedReader(f, segment.size))
+                skip = 0
             try:
                 reader = pacsv.open_csv(  # reads (and may fail on) the first block already
                     stream,
-                    read_options=pacsv.ReadOptions(block_size=self.block_bytes, use_threads=True),
+                    # a file in pieces has a process per piece: no thread pool in each as well
+                    read_options=pacsv.ReadOptions(block_size=self.block_bytes, column_names=names, skip_rows=skip,
+                                                   use_threads=whole),
                     parse_options=pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=on_invalid),
                     convert_options=pacsv.ConvertOptions(include_columns=self.columns,
                                                           column_types={c: pa.binary() for c in self.columns}),
@@ -245,12 +269,15 @@ class Tabular(PreparedSource):
                     # pyarrow reads ahead (32 blocks); a batch is one block of text, so the bytes
                     # parsed are about (batches) x block_bytes of an uncompressed file
                     read = raw.tell() if codec is not None else min(raw.tell(), (i + 1) * self.block_bytes)
-                    yield batch, row + 2 + reported, read
-                    row += batch.num_rows
+                    yield batch, rows + 1 + reported, read
+                    rows += batch.num_rows
             except pa.ArrowInvalid as exc:
                 for entry in invalid[reported:]:
                     reject_invalid(entry)  # raises in error mode
-                raise BadLineError(str(path), row + 2, "unknown field", str(exc)) from None
+                line, known = rows + 1 + reported, segment.first_line is not None
+                raise BadLineError(str(path), line + (segment.first_line - 1 if known else 0), "unknown field",
+                                   str(exc), segment.index, local=not known, hint="") from None
+            ctx.lines += raw.lines if codec is None else rows + len(invalid) + ctx.short_skipped
         for entry in invalid[reported:]:
             reject_invalid(entry)
 
@@ -278,14 +305,15 @@ class Tabular(PreparedSource):
             missing = [c for c in self.columns if c not in names]
             if missing:
                 raise RawFileError(f"{path}, line 1: no column(s) {missing} in the header {names}")
-            batches = self._csv_batches(path, ctx)
+            batches = self._csv_batches(segment, names, ctx)
         else:
             batches = self._parquet_batches(path)
         unit_rows = fmt != "csv"
         done = 0  # bytes of the file read
         for batch, first, read in batches:
             n = batch.num_rows
-            ctx.lines += n
+            if unit_rows:
+                ctx.lines += n
             cols = {name: batch.column(name) for name in self.columns}
             problems: list[tuple[np.ndarray, str, str, pa.Array | None]] = []  # (mask, column, reason, values)
             for name in self.columns:
@@ -321,7 +349,8 @@ class Tabular(PreparedSource):
                 values = next(v for m, c, r, v in problems if c == name and m[i])
                 value = "" if values is None else repr(_text(values[i].as_py()))
                 where = f"column {name}" + (f" (row {first + i} of the Parquet file)" if unit_rows else "")
-                ctx.reject(first + i, where, reason.format(value=value), path=str(path))
+                # a CSV line counts from the segment's first line, a Parquet row is the file's
+                ctx.reject(first + i, where, reason.format(value=value), path=str(path) if unit_rows else None)
             keep = ~bad_any
             if self.dense_transform == "log1p":
                 dense = np.log1p(np.maximum(dense, 0.0))
@@ -335,6 +364,46 @@ class Tabular(PreparedSource):
         if self.split_column:
             return presplit
         return S.random_fractions(len(labels), self.fractions, self.seed)
+
+
+def _codec(path: Path):
+    """The compression of a file by its extension (``.gz``, ``.bz2``, ...), or ``None``."""
+    try:
+        return pa.Codec.detect(str(path))
+    except (TypeError, ValueError):
+        return None
+
+
+class _CountingReader:
+    """A binary stream that counts the bytes and lines read through it (for progress and the
+    line numbers of later segments)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.pos, self.lines, self.last = stream, 0, 0, b"\n"
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        if data:
+            self.pos += len(data)
+            self.lines += data.count(b"\n")
+            self.last = data[-1:]
+        elif self.last != b"\n":  # a last line without its newline
+            self.lines += 1
+            self.last = b"\n"
+        return data
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _text(v) -> str:
