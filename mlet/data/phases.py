@@ -30,7 +30,6 @@ files are read twice more).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ from mlet.data.workers import ProgressBar, run_tasks
 if TYPE_CHECKING:  # pragma: no cover
     from mlet.data.source import PreparedSource
 
-log = logging.getLogger("mlet.data")
 
 PIPELINE_VERSION = 2  # 2: short-line policy (data.on_short_line) in the cache key and meta.json
 _ROWS_PER_READ = 1 << 18  # rows per read of the intermediate files (count / encode)
