@@ -6,6 +6,7 @@ it, ``load()`` maps it, ``iter_chunks()`` / ``prediction_source()`` read raw fil
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from pathlib import Path
@@ -179,6 +180,7 @@ class PreparedSource:
         if cache.is_complete(final):
             self.built = False
             log.info("%s: using the prepared cache %s", self.name, final)
+            warn_short_lines(json.loads((final / "meta.json").read_text()))  # on every use, not the first only
             return final
         with cache.building(final) as tmp, malloc_kept():
             summary = phases.build(self, tmp, fp)
