@@ -6,8 +6,9 @@ The raw file is read with the run's own source class and parser (instantiated fr
 config in ``model.json``, the raw file as its path): the training format of the run's dataset.
 
 * Criteo Kaggle: ``train.txt`` lines (40 fields, label first; the label is ignored), or with
-  ``--unlabeled`` the ``test.txt`` form (39 fields, no label). Both forms pad lines whose trailing
-  empty fields were stripped, so a file of the other form can be misread: say which one it is.
+  ``--unlabeled`` the ``test.txt`` form (39 fields, no label). Lines whose trailing empty fields
+  were stripped are padded only if the run padded them (``data.on_short_line=pad``); then a file
+  of the other form can be misread: say which one it is.
 * Avazu: the CSV with its header, ``click`` column included (its value is ignored).
 * Tabular: CSV/Parquet with the run's columns, label (and split column, if the run had one) included.
 * MovieLens-100K: an interactions file in the ``.inter`` format (``user_id``, ``item_id``,
@@ -20,7 +21,8 @@ category not in it (never seen in training, or rarer than the run's ``min_count`
 index 0, as in training. The exported program (``model.pt2``) runs in batches of
 ``--batch-rows`` rows; one probability (sigmoid of the logit) is written per data line, in file
 order, streaming (to stdout without ``--out``). A bad line stops the run naming file, line and
-field (exit code 2); nothing is skipped, so output line i is input row i.
+field (exit code 2); nothing is skipped (not even under the run's ``on_bad_line=skip`` or
+``on_short_line=skip``), so output line i is input row i.
 """
 
 from __future__ import annotations
@@ -81,33 +83,21 @@ class Vocabulary:
 
 
 def raw_source(data_cfg: dict, raw: Path, unlabeled: bool = False):
-    """The run's source class reading ``raw`` (see the module docstring), errors stop at the first bad line."""
-    from mlet.data.criteo import CriteoKaggle, CriteoTerabyte
-    from mlet.data.movielens import MovieLens100K
+    """The run's source reading ``raw`` (its :meth:`~mlet.data.source.PreparedSource.prediction_source`):
+    the run's parser and options; errors stop at the first bad line."""
+    from mlet.data.source import UnsupportedRead
 
     target = data_cfg.get("_target_", "?")
-    overrides: dict = {"on_bad_line": "error", "workers": 1}
-    kind = None
     try:
-        from hydra.utils import get_class
-
-        kind = get_class(target)
-    except Exception as exc:  # noqa: BLE001 - report any import problem as one line
+        source = data_source(data_cfg)
+    except Exception as exc:  # noqa: BLE001 - report any import or config problem as one line
         raise PredictError(f"cannot load the run's data source {target}: {exc}") from None
-    if isinstance(kind, type) and issubclass(kind, CriteoTerabyte):
-        raise PredictError("Criteo Terabyte runs are not supported by mlet-predict yet")
-    if isinstance(kind, type) and issubclass(kind, MovieLens100K):
-        overrides["inter"] = str(raw)
-    else:
-        overrides["path"] = str(raw)
-    if unlabeled:
-        if not (isinstance(kind, type) and issubclass(kind, CriteoKaggle)):
-            raise PredictError(f"--unlabeled applies to Criteo Kaggle only; {target} needs its training format")
-        overrides["labeled"] = False
-    source = data_source(data_cfg, **overrides)
     if source is None:
         raise PredictError(f"{target} has no raw file format (synthetic data): nothing to parse")
-    return source
+    try:
+        return source.prediction_source(raw, labeled=not unlabeled)
+    except UnsupportedRead as exc:
+        raise PredictError(f"{exc}{' (--unlabeled)' if unlabeled else ''}") from None
 
 
 def batches(source, vocab: Vocabulary, batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

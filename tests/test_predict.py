@@ -3,13 +3,15 @@ collapsed model's on the same (prepared) rows; unseen categories -> OOV; bad lin
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from mlet.export import SPEC_NAME, VOCAB_NAME, data_source, load_collapsed, main as export_main
-from mlet.predict import Vocabulary, batches, main as predict_main, raw_source
+from mlet.data.source import PreparedSource
+from mlet.predict import PredictError, Vocabulary, batches, main as predict_main, raw_source
 from mlet.job import run
 from tests.conftest import TINY, compose_cfg
 from tests.data.rawdata import criteo_line, criteo_rows, write_criteo
@@ -26,6 +28,7 @@ def exported(tmp_path_factory):
     raw = write_criteo(tmp / "train.txt", rows, strip_every=7)
     overrides = [o for o in TINY if not o.startswith("data.")] + [
         "data=criteo_kaggle", f"data.path={raw}", "data.workers=1", "data.progress=false",
+        "data.on_short_line=pad",  # the file strips trailing empty fields on some lines
         f"paths.data_dir={tmp / 'cache'}", "embedding=mlet", "trainer.max_epochs=1"]
     cfg = compose_cfg(overrides, tmp / "run")
     run(cfg)
@@ -191,3 +194,71 @@ def test_other_formats_map_to_the_prepared_rows(tmp_path, make):
         split = arrays.splits[name]
         assert np.array_equal(cat[codes == k], split.cat) and np.array_equal(dense[codes == k], split.dense)
         assert np.array_equal(labels[codes == k].astype(np.float32), split.label)
+
+
+def _stripped_row(rows):
+    """A row whose line loses trailing empty fields when stripped (and keeps some categories)."""
+    return next(r for r in rows if r[2][-1] is None and r[2][0] is not None)
+
+
+def test_short_lines_follow_the_run_and_errors_suggest_no_data_setting(exported, capsys):
+    tmp, _, rows = exported
+    row = _stripped_row(rows)
+    path = tmp / "short.txt"
+    path.write_text(criteo_line(*row) + criteo_line(*row, strip=True))
+    fields = len(criteo_line(*row, strip=True).rstrip("\n").split("\t"))
+    assert fields < 40
+    pred = _predict(tmp, path, "short_pred.txt")  # the run padded short lines: so does prediction
+    assert len(pred) == 2
+    np.testing.assert_allclose(pred[1], pred[0], rtol=0, atol=1e-6)
+    bad = tmp / "bad41.txt"
+    bad.write_text(criteo_line(*row).rstrip("\n") + "\textra\n")
+    assert predict_main([str(tmp / "exp"), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "41 fields where 40 are expected" in err and "data." not in err  # mlet-predict takes no data.* setting
+    # a run that stopped at short lines (or skipped them): prediction stops at them, naming the line
+    for policy in ("error", "skip"):
+        exp = tmp / f"exp_{policy}"
+        shutil.copytree(tmp / "exp", exp, dirs_exist_ok=True)
+        spec = json.loads((exp / SPEC_NAME).read_text())
+        spec["data"]["on_short_line"] = policy
+        (exp / SPEC_NAME).write_text(json.dumps(spec))
+        assert predict_main([str(exp), str(path), "--out", str(tmp / "x.txt")]) == 2
+        err = capsys.readouterr().err
+        assert f"{path}, line 2, whole line: {fields} fields where 40 are expected" in err, err
+        assert "data." not in err and not (tmp / "x.txt").exists()
+
+
+class LinesSource(PreparedSource):
+    """A data source predict.py has never heard of."""
+
+    name = "lines"
+
+    def __init__(self, path, **kwargs):
+        super().__init__(**kwargs)
+        self.path = Path(path)
+
+    def prediction_source(self, raw, labeled=True):
+        reader = self.for_reading(labeled)
+        reader.path = Path(raw)
+        return reader
+
+
+class NoReaderSource(LinesSource):
+    prediction_source = PreparedSource.prediction_source
+
+
+def test_each_source_says_how_it_reads_a_raw_file(tmp_path):
+    raw = tmp_path / "new.txt"
+    cfg = {"_target_": f"{__name__}.LinesSource", "path": str(tmp_path / "train.txt"), "on_bad_line": "skip",
+           "on_short_line": "skip", "workers": 4, "cache_dir": str(tmp_path)}
+    reader = raw_source(cfg, raw)
+    assert isinstance(reader, LinesSource) and reader.path == raw
+    assert (reader.on_bad_line, reader.on_short_line, reader.workers, reader.progress) == ("error", "error", 1, False)
+    with pytest.raises(PredictError, match="LinesSource reads its training format only.*no unlabeled form"):
+        raw_source(cfg, raw, unlabeled=True)
+    with pytest.raises(PredictError, match="NoReaderSource runs are not supported by prediction yet"):
+        raw_source({**cfg, "_target_": f"{__name__}.NoReaderSource"}, raw)
+    terabyte = {"_target_": "mlet.data.criteo.CriteoTerabyte", "path": str(tmp_path), "cache_dir": str(tmp_path)}
+    with pytest.raises(PredictError, match="CriteoTerabyte runs are not supported"):
+        raw_source(terabyte, raw)

@@ -1,7 +1,7 @@
 """Data: raw formats -> features -> cache (:class:`CTRArrays`) -> batches (:class:`CTRDataModule`).
 
 Sources: :class:`SyntheticCTR` (in memory) and the file-backed ones, which share one preparation
-pipeline (:mod:`mlet.data.pipeline`): :class:`CriteoKaggle`, :class:`CriteoTerabyte`,
+pipeline (:mod:`mlet.data.pipeline` describes its modules): :class:`CriteoKaggle`, :class:`CriteoTerabyte`,
 :class:`Avazu`, :class:`MovieLens100K`, :class:`Tabular`.
 
 Names are imported on first use, so that preparing data (``mlet-prepare``, worker processes)
@@ -23,8 +23,8 @@ _EXPORTS = {
     "Avazu": "mlet.data.avazu",
     "MovieLens100K": "mlet.data.movielens",
     "Tabular": "mlet.data.tabular",
-    "BadLineError": "mlet.data.pipeline",
-    "PreparedSource": "mlet.data.pipeline",
+    "BadLineError": "mlet.data.parsing",
+    "PreparedSource": "mlet.data.source",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -35,7 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlet.data.criteo import CriteoKaggle, CriteoTerabyte
     from mlet.data.datamodule import CTRDataModule
     from mlet.data.movielens import MovieLens100K
-    from mlet.data.pipeline import BadLineError, PreparedSource
+    from mlet.data.parsing import BadLineError
+    from mlet.data.source import PreparedSource
     from mlet.data.synthetic import SyntheticCTR
     from mlet.data.tabular import Tabular
 

@@ -32,8 +32,10 @@ from typing import Iterator
 import numpy as np
 
 from mlet.data import splits as S
-from mlet.data.pipeline import Chunk, ParseContext, PreparedSource, Segment, text_segments
-from mlet.data.textparse import decode_int, decode_label, decode_token, open_binary, read_header, tokenize
+from mlet.data.parsing import Chunk, ParseContext, RawFileError
+from mlet.data.segments import Segment, text_segments
+from mlet.data.source import PreparedSource
+from mlet.data.textparse import decode_int, decode_label, decode_token, open_binary, read_header
 
 COLUMNS = ["id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id",
            "app_domain", "app_category", "device_id", "device_ip", "device_model", "device_type",
@@ -66,26 +68,27 @@ class Avazu(PreparedSource):
         vocabulary: ``all`` (every category gets a row) or ``train`` (categories of the training
             rows; others -> OOV); ``None``: the protocol's (``mlet2020`` all, BARS train; train
             whenever ``min_count`` > 1).
-        cache_dir, on_bad_line, workers, block_bytes, progress, segment_bytes: see
-            :class:`mlet.data.pipeline.PreparedSource`.
+        cache_dir, on_bad_line, on_short_line, workers, block_bytes, progress, segment_bytes: see
+            :class:`mlet.data.source.PreparedSource` (a short line: fewer than the header's columns,
+            the last one not empty).
+
+    Prediction (:meth:`prediction_source`) reads the CSV with its header, ``click`` column
+    included (its value is ignored).
     """
 
     PROTOCOLS = {"bars_x4_001": 2, "bars_x4_002": 1, "mlet2020": 1}
+    FULL_VOCABULARY_PROTOCOLS = ("mlet2020",)
     SPLIT_FRACTIONS = (0.8, 0.1, 0.1)  # mlet2020
 
     def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike = "data_cache",
                  protocol: str = "bars_x4_001", min_count: int | None = None, seed: int = 2018,
                  vocabulary: str | None = None, **kwargs) -> None:
         super().__init__(cache_dir, **kwargs)
-        if protocol not in self.PROTOCOLS:
-            raise ValueError(f"data.protocol must be one of {sorted(self.PROTOCOLS)}, got {protocol!r}")
+        self._use_protocol(protocol, min_count, vocabulary)
         self.path = Path(path)
-        self.protocol = protocol
-        self.min_count = int(min_count) if min_count is not None else self.PROTOCOLS[protocol]
         self.seed = int(seed)
         self.name = f"avazu-{protocol}"
         self.with_hour = protocol != "mlet2020"
-        self.vocabulary = vocabulary or ("all" if not self.with_hour and self.min_count <= 1 else "train")
         self.dense_names, self.cat_names = [], list(FIELDS if self.with_hour else TOKEN_COLUMNS)
         self.min_counts = [self.min_count] * len(self.cat_names)
         self._columns: list[str] | None = None
@@ -94,8 +97,12 @@ class Avazu(PreparedSource):
         return [self.path]
 
     def options(self) -> dict:
-        return {"protocol": self.protocol, "min_count": self.min_count, "seed": self.seed,
-                "on_bad_line": self.on_bad_line}
+        return {"protocol": self.protocol, "min_count": self.min_count, "seed": self.seed}
+
+    def prediction_source(self, raw: str | os.PathLike, labeled: bool = True) -> "Avazu":
+        reader = self.for_reading(labeled)
+        reader.path, reader._columns = Path(raw), None
+        return reader
 
     def _header(self) -> tuple[list[str], int]:
         with open_binary(self.path) as f:
@@ -106,7 +113,7 @@ class Avazu(PreparedSource):
             names = []
         missing = [c for c in COLUMNS if c not in names]
         if missing:
-            raise ValueError(
+            raise RawFileError(
                 f"{self.path}, line 1: the header must name the Avazu columns {','.join(COLUMNS)}; "
                 f"missing {missing} in {raw[:200]!r}"
             )
@@ -122,9 +129,8 @@ class Avazu(PreparedSource):
         width = len(names)
         tok_cols = [col[c] for c in TOKEN_COLUMNS]
         for block in ctx.blocks(self.block_bytes):
-            tokens = tokenize(block, width, b",", pad_short=False)
+            tokens = ctx.tokenize(block, width, b",")
             n = tokens.n
-            ctx.lines += n
             buf, errors = block.buf, tokens.errors
             starts, ends = tokens.starts, tokens.ends
             c = col["click"]

@@ -2,8 +2,10 @@
 
 Both files have 40 tab-separated fields per line and no header: the label (0/1), 13 integer
 counts ``I1..I13`` (may be negative; empty when missing) and 26 categories ``C1..C26`` of exactly
-8 hex digits (empty when missing). Lines of copies that stripped their trailing empty fields are
-padded. A category is kept as its exact 32-bit value (no hashing).
+8 hex digits (empty when missing). Some re-hosted copies strip the trailing empty fields of a
+line (20 or 39 fields instead of 40): ``on_short_line`` says whether such lines stop the run
+(``error``, the default), are padded with missing values (``pad``) or skipped (``skip``); padded
+and skipped lines are counted. A category is kept as its exact 32-bit value (no hashing).
 
 Protocols (``protocol=``):
 
@@ -30,8 +32,10 @@ from typing import Iterator
 import numpy as np
 
 from mlet.data import splits as S
-from mlet.data.pipeline import Chunk, ParseContext, PreparedSource, Segment, text_segments
-from mlet.data.textparse import Block, _mix64, decode_hex, decode_int, decode_label, tokenize
+from mlet.data.parsing import Chunk, ParseContext
+from mlet.data.segments import Segment, text_segments
+from mlet.data.source import DataOptionError, PreparedSource
+from mlet.data.textparse import Block, _mix64, decode_hex, decode_int, decode_label
 
 INT_NAMES = [f"I{i}" for i in range(1, 14)]
 CAT_NAMES = [f"C{i}" for i in range(1, 27)]
@@ -49,9 +53,8 @@ def parse_criteo_block(block: Block, ctx: ParseContext, labeled: bool = True):
     line_start[n])`` for the kept rows.
     """
     o = 1 if labeled else 0  # column of I1
-    tokens = tokenize(block, 39 + o, b"\t", pad_short=True)
+    tokens = ctx.tokenize(block, 39 + o, b"\t")
     n = tokens.n
-    ctx.lines += n
     buf, errors = block.buf, tokens.errors
     if labeled:
         label, bad = decode_label(buf, tokens.starts[:, 0], tokens.ends[:, 0])
@@ -103,24 +106,25 @@ class CriteoKaggle(PreparedSource):
             whenever ``min_count`` > 1).
         labeled: ``False`` reads the unlabeled form (``test.txt``: 39 fields, no label) for
             prediction (:meth:`iter_chunks`, labels 0); such a source cannot be prepared.
-        cache_dir, on_bad_line, workers, block_bytes, progress, segment_bytes: see
-            :class:`mlet.data.pipeline.PreparedSource`.
+        cache_dir, on_bad_line, on_short_line, workers, block_bytes, progress, segment_bytes: see
+            :class:`mlet.data.source.PreparedSource`.
+
+    Prediction (:meth:`prediction_source`) reads ``train.txt`` lines (the label is ignored) or,
+    unlabeled, the ``test.txt`` form.
     """
 
     PROTOCOLS = {"dlrm": 1, "bars_x4_001": 10, "bars_x4_002": 2}
+    FULL_VOCABULARY_PROTOCOLS = ("dlrm",)
+    UNLABELED_FORM = True
 
     def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike = "data_cache", protocol: str = "dlrm",
                  min_count: int | None = None, seed: int = 2018, labeled: bool = True,
                  vocabulary: str | None = None, **kwargs) -> None:
         super().__init__(cache_dir, **kwargs)
         self.labeled = bool(labeled)
-        if protocol not in self.PROTOCOLS:
-            raise ValueError(f"data.protocol must be one of {sorted(self.PROTOCOLS)}, got {protocol!r}")
+        self._use_protocol(protocol, min_count, vocabulary)
         self.path = Path(path)
-        self.protocol = protocol
-        self.min_count = int(min_count) if min_count is not None else self.PROTOCOLS[protocol]
         self.seed = int(seed)
-        self.vocabulary = vocabulary or ("all" if protocol == "dlrm" and self.min_count <= 1 else "train")
         self.name = f"criteo_kaggle-{protocol}"
         if protocol == "dlrm":
             self.dense_names, self.cat_names = list(INT_NAMES), list(CAT_NAMES)
@@ -132,7 +136,7 @@ class CriteoKaggle(PreparedSource):
         return [self.path]
 
     def options(self) -> dict:
-        opts = {"protocol": self.protocol, "min_count": self.min_count, "on_bad_line": self.on_bad_line}
+        opts = {"protocol": self.protocol, "min_count": self.min_count}
         if self.protocol != "dlrm":
             opts["seed"] = self.seed
         return opts
@@ -141,6 +145,11 @@ class CriteoKaggle(PreparedSource):
         if not self.labeled:
             raise ValueError("CriteoKaggle(labeled=False) reads unlabeled files for prediction; it cannot be prepared")
         return super().prepare()
+
+    def prediction_source(self, raw: str | os.PathLike, labeled: bool = True) -> "CriteoKaggle":
+        reader = self.for_reading(labeled)
+        reader.path, reader.labeled = Path(raw), labeled
+        return reader
 
     def segments(self) -> list[Segment]:
         return text_segments([self.path], pieces=self._pieces(), min_bytes=self.segment_bytes)
@@ -180,6 +189,10 @@ class CriteoTerabyte(PreparedSource):
         max_ind_range: if set, a category's value is taken modulo this (MLPerf's ``max_ind_range``,
             e.g. 40,000,000; a missing category counts as 0 then, as in facebookresearch/dlrm).
         min_count: categories seen fewer times in training -> OOV (1).
+        cache_dir, on_bad_line, on_short_line, workers, block_bytes, progress, segment_bytes: see
+            :class:`mlet.data.source.PreparedSource`.
+
+    Not readable for prediction yet (:meth:`prediction_source` refuses).
     """
 
     def __init__(self, path: str | os.PathLike, cache_dir: str | os.PathLike = "data_cache", days: int = 24,
@@ -187,9 +200,9 @@ class CriteoTerabyte(PreparedSource):
                  min_count: int = 1, **kwargs) -> None:
         super().__init__(cache_dir, **kwargs)
         if days < 2:
-            raise ValueError("data.days must be at least 2 (training days plus the test/validation day)")
+            raise DataOptionError("data.days must be at least 2 (training days plus the test/validation day)")
         if negative_keep_rate is not None and not 0 < negative_keep_rate <= 1:
-            raise ValueError(f"data.negative_keep_rate must be in (0, 1], got {negative_keep_rate}")
+            raise DataOptionError(f"data.negative_keep_rate must be in (0, 1], got {negative_keep_rate}")
         self.path = Path(path)
         self.days = int(days)
         self.negative_keep_rate = None if negative_keep_rate in (None, 1, 1.0) else float(negative_keep_rate)
@@ -210,7 +223,7 @@ class CriteoTerabyte(PreparedSource):
 
     def options(self) -> dict:
         return {"days": self.days, "negative_keep_rate": self.negative_keep_rate, "seed": self.seed,
-                "max_ind_range": self.max_ind_range, "min_count": self.min_count, "on_bad_line": self.on_bad_line}
+                "max_ind_range": self.max_ind_range, "min_count": self.min_count}
 
     def segments(self) -> list[Segment]:
         files = self.raw_files()

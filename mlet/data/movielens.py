@@ -33,7 +33,9 @@ import numpy as np
 
 from mlet.data import splits as S
 from mlet.errors import MletError
-from mlet.data.pipeline import Chunk, ParseContext, PreparedSource, Segment
+from mlet.data.parsing import Chunk, ParseContext, RawFileError
+from mlet.data.segments import Segment
+from mlet.data.source import DataOptionError, PreparedSource
 from mlet.data.textparse import token_keys
 
 RECBOLE_VERSION = "1.2.1"
@@ -91,19 +93,20 @@ def read_atomic(path: Path, required: Sequence[str], ctx: ParseContext, floats: 
     """A RecBole atomic file -> (column index by name, rows of raw byte fields, line numbers).
 
     Header fields are ``name:type``; bad lines (field count, undecodable bytes, non-numeric
-    floats) are raised or skipped through ``ctx``."""
+    floats) are raised or skipped, short lines (the last field not empty) padded, skipped or
+    raised, through ``ctx``."""
     data = path.read_bytes()
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     if not lines:
-        raise ValueError(f"{path} is empty")
+        raise RawFileError(f"{path} is empty")
     header = lines[0].rstrip(b"\r").decode("utf-8", errors="replace").split("\t")
     names = [h.split(":", 1)[0] for h in header]
     col = {n: i for i, n in enumerate(names)}
     missing = [r for r in required if r not in col]
     if missing:
-        raise ValueError(f"{path}, line 1: the header {header} lacks the column(s) {missing}")
+        raise RawFileError(f"{path}, line 1: the header {header} lacks the column(s) {missing}")
     float_cols = [col[f] for f in floats]
     rows, numbers = [], []
     for number, raw in enumerate(lines[1:], start=2):
@@ -119,8 +122,17 @@ def read_atomic(path: Path, required: Sequence[str], ctx: ParseContext, floats: 
         if not raw:
             ctx.reject(number, "whole line", "empty line", path=str(path))
             continue
+        if len(parts) < len(names) and parts[-1] and ctx.on_short_line != "error":  # stripped trailing fields
+            if ctx.on_short_line == "skip":
+                ctx.short_skipped += 1
+                ctx.short_line(path, number)
+                continue
+            ctx.padded += 1
+            ctx.short_line(path, number)
+            parts += [b""] * (len(names) - len(parts))
         if len(parts) != len(names):
-            ctx.reject(number, "whole line", f"{len(parts)} fields where {len(names)} are expected", path=str(path))
+            ctx.reject(number, "whole line", f"{len(parts)} fields where {len(names)} are expected", path=str(path),
+                       short=len(parts) < len(names) and bool(parts[-1]))
             continue
         bad = None
         for j in float_cols:
@@ -150,7 +162,12 @@ class MovieLens100K(PreparedSource):
         fractions, seed: the random split (8:1:1, seed 2018).
         inter: another interactions file in the ``.inter`` format (default: the folder's
             ``ml-100k.inter``), its user and item features still joined from the folder's
-            ``.user`` / ``.item`` (``mlet-predict`` on new interactions).
+            ``.user`` / ``.item`` (prediction on new interactions).
+        cache_dir, on_bad_line, on_short_line, workers, progress: see
+            :class:`mlet.data.source.PreparedSource`.
+
+    Prediction (:meth:`prediction_source`) reads an interactions file in the ``.inter`` format,
+    joined with the ``.user`` / ``.item`` files of this source's folder.
     """
 
     def __init__(self, path: str | os.PathLike | None = None, cache_dir: str | os.PathLike = "data_cache",
@@ -160,7 +177,7 @@ class MovieLens100K(PreparedSource):
         super().__init__(cache_dir, **kwargs)
         self.inter = Path(inter) if inter else None
         if genre not in GENRE_MODES:
-            raise ValueError(f"data.genre must be one of {GENRE_MODES}, got {genre!r}")
+            raise DataOptionError(f"data.genre must be one of {GENRE_MODES}, got {genre!r}")
         self.path = Path(path) if path else None
         self.genre = genre
         self.threshold = float(threshold)
@@ -188,7 +205,12 @@ class MovieLens100K(PreparedSource):
 
     def options(self) -> dict:
         return {"genre": self.genre, "threshold": self.threshold, "min_count": self.min_count,
-                "fractions": self.fractions, "seed": self.seed, "on_bad_line": self.on_bad_line}
+                "fractions": self.fractions, "seed": self.seed}
+
+    def prediction_source(self, raw: str | os.PathLike, labeled: bool = True) -> "MovieLens100K":
+        reader = self.for_reading(labeled)
+        reader.inter = Path(raw)
+        return reader
 
     def segments(self) -> list[Segment]:
         inter = self.raw_files()[0]

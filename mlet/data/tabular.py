@@ -14,6 +14,7 @@ of a line with the wrong number of fields, so it is found again by its text.
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,8 +23,10 @@ import pandas as pd
 import pyarrow as pa
 
 from mlet.data import splits as S
-from mlet.data.pipeline import BadLineError, Chunk, ParseContext, PreparedSource, Segment
-from mlet.data.textparse import PAD, decode_token
+from mlet.data.parsing import BadLineError, Chunk, ParseContext, RawFileError
+from mlet.data.segments import LimitedReader, Segment, text_segments
+from mlet.data.source import DataOptionError, PreparedSource
+from mlet.data.textparse import PAD, decode_token, open_binary, read_header
 
 SPLIT_VALUES = {"train": S.TRAIN, "val": S.VAL, "valid": S.VAL, "validation": S.VAL, "test": S.TEST}
 NULL_INT_KEY = np.iinfo(np.int64).min  # a missing value of an integer categorical column
@@ -128,7 +131,16 @@ class Tabular(PreparedSource):
         min_count: categories seen fewer times in training -> OOV.
         split_column: a column with the split of each row (else a random split).
         fractions, seed: the random split.
+        cache_dir, on_bad_line, on_short_line, workers, block_bytes, progress: see
+            :class:`mlet.data.source.PreparedSource`; a short CSV row (fewer fields than the
+            header, the last one not empty) is a bad line (``error``) or skipped and counted
+            (``skip``): CSV rows are read by pyarrow, which cannot pad them.
+
+    Prediction (:meth:`prediction_source`) reads a file with the run's columns, label (and split
+    column, if any) included.
     """
+
+    SHORT_LINE_POLICIES = ("error", "skip")
 
     def __init__(self, path: str | os.PathLike | Sequence[str | os.PathLike], label: str,
                  categorical: Sequence[str], dense: Sequence[str] = (), cache_dir: str | os.PathLike = "data_cache",
@@ -138,16 +150,16 @@ class Tabular(PreparedSource):
         super().__init__(cache_dir, **kwargs)
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         if not paths:
-            raise ValueError("data.path names no file")
+            raise DataOptionError("data.path names no file")
         self.paths = [Path(p) for p in paths]
         if format not in ("auto", "csv", "parquet"):
-            raise ValueError(f"data.format must be auto, csv or parquet, got {format!r}")
+            raise DataOptionError(f"data.format must be auto, csv or parquet, got {format!r}")
         if dense_transform not in TRANSFORMS:
-            raise ValueError(f"data.dense_transform must be one of {TRANSFORMS}, got {dense_transform!r}")
+            raise DataOptionError(f"data.dense_transform must be one of {TRANSFORMS}, got {dense_transform!r}")
         if len(delimiter) != 1:
-            raise ValueError("data.delimiter must be one character")
+            raise DataOptionError("data.delimiter must be one character")
         if not categorical:
-            raise ValueError("data.categorical must name at least one column")
+            raise DataOptionError("data.categorical must name at least one column")
         self.format = format
         self.label = str(label)
         self.dense_names = [str(c) for c in dense]
@@ -163,7 +175,7 @@ class Tabular(PreparedSource):
         self.name = str(name)
         used = [self.label, *self.dense_names, *self.cat_names] + ([split_column] if split_column else [])
         if len(set(used)) != len(used):
-            raise ValueError(f"a column is named twice among label/dense/categorical/split_column: {used}")
+            raise DataOptionError(f"a column is named twice among label/dense/categorical/split_column: {used}")
         self.columns = used
 
     def _format(self, path: Path) -> str:
@@ -178,79 +190,130 @@ class Tabular(PreparedSource):
         return {"label": self.label, "dense": self.dense_names, "categorical": self.cat_names,
                 "format": [self._format(p) for p in self.paths], "delimiter": self.delimiter,
                 "dense_transform": self.dense_transform, "dense_fill": self.dense_fill, "min_count": self.min_count,
-                "split_column": self.split_column, "fractions": self.fractions, "seed": self.seed,
-                "on_bad_line": self.on_bad_line}
+                "split_column": self.split_column, "fractions": self.fractions, "seed": self.seed}
+
+    def prediction_source(self, raw: str | os.PathLike, labeled: bool = True) -> "Tabular":
+        reader = self.for_reading(labeled)
+        reader.paths = [Path(raw)]
+        return reader
 
     def segments(self) -> list[Segment]:
-        return [Segment(i, i, str(p), 0, None, 1, p.stat().st_size) for i, p in enumerate(self.paths)]
+        """Parquet and compressed CSV files: one segment each; an uncompressed CSV file: pieces of
+        at least ``segment_bytes`` cut at line starts after the header, one per worker (rows hold
+        no line breaks, as pyarrow's reader assumes too)."""
+        segs: list[Segment] = []
+        for i, p in enumerate(self.paths):
+            if self._format(p) == "csv" and _codec(p) is None:
+                with open(p, "rb") as f:
+                    head = read_header(f)[1]
+                for s in text_segments([p], [head], pieces=self._pieces(), min_bytes=self.segment_bytes):
+                    segs.append(Segment(len(segs), i, s.path, s.start, s.end, s.first_line, s.size))
+            else:
+                first = 2 if self._format(p) == "csv" else 1  # a CSV's first row is on line 2
+                segs.append(Segment(len(segs), i, str(p), 0, None, first, p.stat().st_size))
+        return segs
 
     # -- reading -------------------------------------------------------------------------------
-    def _csv_batches(self, path: Path, ctx: ParseContext) -> Iterator[tuple[pa.RecordBatch, int]]:
+    def _csv_batches(self, segment: Segment, names: list[str], ctx: ParseContext
+                     ) -> Iterator[tuple[pa.RecordBatch, int, int]]:
+        """(batch, line of its first row counted from the segment's first line, bytes of the
+        segment read so far) of a CSV segment; ``ctx.lines`` gets the segment's lines."""
         import pyarrow.csv as pacsv
 
-        invalid: list[tuple[int, int, str]] = []
+        path = Path(segment.path)
+        invalid: list[tuple[int, int, str, bool]] = []
+
+        def is_short(row) -> bool:  # fewer fields, the last one not empty: stripped trailing fields
+            return row.actual_columns < row.expected_columns and not row.text.endswith(self.delimiter)
 
         def on_invalid(row) -> str:
-            invalid.append((row.expected_columns, row.actual_columns, row.text))
+            if ctx.on_short_line == "skip" and is_short(row):
+                ctx.short_skipped += 1
+                ctx.short_line(path, _find_line(path, row.text))
+                return "skip"
+            invalid.append((row.expected_columns, row.actual_columns, row.text, is_short(row)))
             return "error" if ctx.on_bad_line == "error" else "skip"
 
         def reject_invalid(entry) -> None:
-            expected, actual, text = entry
+            expected, actual, text, short = entry
             ctx.reject(_find_line(path, text), "whole line", f"{actual} fields where {expected} are expected",
-                       path=str(path))
+                       path=str(path), short=short)
 
-        row = 0
+        codec = _codec(path)
+        whole = segment.first_line is not None and segment.end in (None, path.stat().st_size)  # one piece
+        rows = 0  # rows of the batches so far
         reported = 0
-        try:
-            reader = pacsv.open_csv(  # reads (and may fail on) the first block already
-                path,
-                read_options=pacsv.ReadOptions(block_size=self.block_bytes, use_threads=True),
-                parse_options=pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=on_invalid),
-                convert_options=pacsv.ConvertOptions(include_columns=self.columns,
-                                                      column_types={c: pa.binary() for c in self.columns}),
-            )
-            for batch in reader:
+        with ExitStack() as stack:
+            if codec is not None:  # one segment: the whole file, header included
+                raw = stack.enter_context(pa.OSFile(str(path)))
+                stream, skip = pa.CompressedInputStream(raw, codec.name), 1
+            else:
+                f = stack.enter_context(open(path, "rb"))
+                f.seek(segment.start)
+                stream = raw = _CountingReader(LimitedReader(f, segment.size))
+                skip = 0
+            try:
+                reader = pacsv.open_csv(  # reads (and may fail on) the first block already
+                    stream,
+                    # a file in pieces has a process per piece: no thread pool in each as well
+                    read_options=pacsv.ReadOptions(block_size=self.block_bytes, column_names=names, skip_rows=skip,
+                                                   use_threads=whole),
+                    parse_options=pacsv.ParseOptions(delimiter=self.delimiter, invalid_row_handler=on_invalid),
+                    convert_options=pacsv.ConvertOptions(include_columns=self.columns,
+                                                          column_types={c: pa.binary() for c in self.columns}),
+                )
+                for i, batch in enumerate(reader):
+                    for entry in invalid[reported:]:
+                        reject_invalid(entry)
+                    reported = len(invalid)
+                    # pyarrow reads ahead (32 blocks); a batch is one block of text, so the bytes
+                    # parsed are about (batches) x block_bytes of an uncompressed file
+                    read = raw.tell() if codec is not None else min(raw.tell(), (i + 1) * self.block_bytes)
+                    yield batch, rows + 1 + reported, read
+                    rows += batch.num_rows
+            except pa.ArrowInvalid as exc:
                 for entry in invalid[reported:]:
-                    reject_invalid(entry)
-                reported = len(invalid)
-                yield batch, row + 2 + reported
-                row += batch.num_rows
-        except pa.ArrowInvalid as exc:
-            for entry in invalid[reported:]:
-                reject_invalid(entry)  # raises in error mode
-            raise BadLineError(str(path), row + 2, "unknown field", str(exc)) from None
+                    reject_invalid(entry)  # raises in error mode
+                line, known = rows + 1 + reported, segment.first_line is not None
+                raise BadLineError(str(path), line + (segment.first_line - 1 if known else 0), "unknown field",
+                                   str(exc), segment.index, local=not known, hint="") from None
+            ctx.lines += raw.lines if codec is None else rows + len(invalid) + ctx.short_skipped
         for entry in invalid[reported:]:
             reject_invalid(entry)
 
-    def _parquet_batches(self, path: Path) -> Iterator[tuple[pa.RecordBatch, int]]:
+    def _parquet_batches(self, path: Path) -> Iterator[tuple[pa.RecordBatch, int, int]]:
+        """(batch, number of its first row, bytes of the file read so far) of a Parquet file."""
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(path)
         missing = [c for c in self.columns if c not in pf.schema_arrow.names]
         if missing:
-            raise ValueError(f"{path}: no column(s) {missing}; it has {pf.schema_arrow.names}")
+            raise RawFileError(f"{path}: no column(s) {missing}; it has {pf.schema_arrow.names}")
         row = 0
+        size = path.stat().st_size
         for batch in pf.iter_batches(batch_size=max(1024, self.block_bytes // 64), columns=self.columns):
-            yield batch, row + 1
             row += batch.num_rows
+            yield batch, row - batch.num_rows + 1, size * row // max(pf.metadata.num_rows, 1)
 
     def parse(self, segment: Segment, ctx: ParseContext) -> Iterator[Chunk]:
         path = Path(segment.path)
         fmt = self._format(path)
         if fmt == "csv":
-            with open(path, "rb") as f:
-                header = f.readline().rstrip(b"\r\n").decode("utf-8", "replace").split(self.delimiter)
+            with open_binary(path) as f:
+                header = read_header(f)[0].decode("utf-8", "replace").split(self.delimiter)
             names = [h.strip('"') for h in header]
             missing = [c for c in self.columns if c not in names]
             if missing:
-                raise ValueError(f"{path}, line 1: no column(s) {missing} in the header {names}")
-            batches = self._csv_batches(path, ctx)
+                raise RawFileError(f"{path}, line 1: no column(s) {missing} in the header {names}")
+            batches = self._csv_batches(segment, names, ctx)
         else:
             batches = self._parquet_batches(path)
         unit_rows = fmt != "csv"
-        for batch, first in batches:
+        done = 0  # bytes of the file read
+        for batch, first, read in batches:
             n = batch.num_rows
-            ctx.lines += n
+            if unit_rows:
+                ctx.lines += n
             cols = {name: batch.column(name) for name in self.columns}
             problems: list[tuple[np.ndarray, str, str, pa.Array | None]] = []  # (mask, column, reason, values)
             for name in self.columns:
@@ -286,19 +349,61 @@ class Tabular(PreparedSource):
                 values = next(v for m, c, r, v in problems if c == name and m[i])
                 value = "" if values is None else repr(_text(values[i].as_py()))
                 where = f"column {name}" + (f" (row {first + i} of the Parquet file)" if unit_rows else "")
-                ctx.reject(first + i, where, reason.format(value=value), path=str(path))
+                # a CSV line counts from the segment's first line, a Parquet row is the file's
+                ctx.reject(first + i, where, reason.format(value=value), path=str(path) if unit_rows else None)
             keep = ~bad_any
             if self.dense_transform == "log1p":
                 dense = np.log1p(np.maximum(dense, 0.0))
-            ctx.progress(0, int(keep.sum()))
+            ctx.progress(read - done, int(keep.sum()))
+            done = read
             yield Chunk(y[keep].astype(np.int8), dense[keep].astype(np.float32), keys[keep],
                         None if split is None else split[keep])
-        ctx.progress(segment.size, 0)
+        ctx.progress(segment.size - done, 0)
 
     def assign(self, labels, rows_per_file, presplit) -> np.ndarray:
         if self.split_column:
             return presplit
         return S.random_fractions(len(labels), self.fractions, self.seed)
+
+
+def _codec(path: Path):
+    """The compression of a file by its extension (``.gz``, ``.bz2``, ...), or ``None``."""
+    try:
+        return pa.Codec.detect(str(path))
+    except (TypeError, ValueError):
+        return None
+
+
+class _CountingReader:
+    """A binary stream that counts the bytes and lines read through it (for progress and the
+    line numbers of later segments)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.pos, self.lines, self.last = stream, 0, 0, b"\n"
+        self.closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        if data:
+            self.pos += len(data)
+            self.lines += data.count(b"\n")
+            self.last = data[-1:]
+        elif self.last != b"\n":  # a last line without its newline
+            self.lines += 1
+            self.last = b"\n"
+        return data
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _text(v) -> str:

@@ -4,9 +4,10 @@ A file is read in blocks of whole lines; a block becomes one ``uint8`` array and
 its separators. Fields are then decoded column-wise with numpy, never one Python object per value:
 
 * :func:`tokenize` finds each field's ``[start, end)`` byte range, ``[lines, fields]``. A line with
-  the expected number of fields takes a fast path (one reshape); otherwise short lines are padded
-  with empty trailing fields when the format allows it (Criteo copies that stripped trailing tabs)
-  and every other count is a bad line.
+  the expected number of fields takes a fast path (one reshape); otherwise short lines of the
+  stripped form (copies that dropped trailing empty fields) can be padded with empty fields and
+  marked (``Tokens.padded``) for the caller's short-line policy to count, flag or skip; every other
+  count is a bad line.
 * decoders turn byte ranges into values and a per-row "bad" mask: :func:`decode_label` (0/1),
   :func:`decode_int` (signed decimal), :func:`decode_hex` (fixed-width hex, Criteo categories),
   :func:`decode_token` (any string -> an int64 key, exact for tokens of at most 8 bytes).
@@ -170,6 +171,7 @@ class Tokens:
     line_end: np.ndarray  # [n] (position of the newline)
     found: np.ndarray | None  # [n] fields found per line (None: all lines had exactly F)
     errors: RowErrors
+    padded: np.ndarray | None = None  # [n] short lines of the stripped form, padded (None: none can be)
 
     @property
     def n(self) -> int:
@@ -180,7 +182,9 @@ def tokenize(block: Block, n_fields: int, delimiter: bytes, pad_short: bool) -> 
     """Field byte ranges of every line of ``block``.
 
     ``pad_short``: a line with fewer than ``n_fields`` fields whose last field is not empty is
-    taken as a copy with stripped trailing separators and padded with empty fields. A short line
+    taken as a copy with stripped trailing separators, padded with empty fields and marked in
+    ``Tokens.padded`` (the caller decides whether that is accepted, see
+    :meth:`mlet.data.parsing.ParseContext.tokenize`). A short line
     ending in an empty field was not stripped (stripping removes all trailing separators), so it
     is a bad line, as is any longer line and, without ``pad_short``, any shorter one.
     """
@@ -207,6 +211,7 @@ def tokenize(block: Block, n_fields: int, delimiter: bytes, pad_short: bool) -> 
     prev[0:1] = 0
     prev[1:] = sep[:-1] + 1  # a field starts one byte after the previous separator
     errors = RowErrors(n)
+    padded = None
 
     if len(sep) == n * n_fields and is_nl[n_fields - 1 :: n_fields].all():
         ends = sep.reshape(n, n_fields)
@@ -230,6 +235,7 @@ def tokenize(block: Block, n_fields: int, delimiter: bytes, pad_short: bool) -> 
         errors.add(line_start == line_end, LINE, "empty line")
         short = found < n_fields
         if pad_short:
+            padded = short & ~last_empty & (line_start < line_end)
             errors.add(
                 short & last_empty,
                 LINE,
@@ -265,7 +271,8 @@ def tokenize(block: Block, n_fields: int, delimiter: bytes, pad_short: bool) -> 
                 mask = np.zeros(n, dtype=bool)
                 mask[i] = True
                 errors.add(mask, min(f, n_fields - 1), f"undecodable byte 0x{raw[exc.start]:02x} (not UTF-8)")
-    return Tokens(starts=starts, ends=ends, line_start=line_start, line_end=line_end, found=found, errors=errors)
+    return Tokens(starts=starts, ends=ends, line_start=line_start, line_end=line_end, found=found, errors=errors,
+                  padded=padded)
 
 
 # ---- decoders ----------------------------------------------------------------------------------

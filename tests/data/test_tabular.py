@@ -96,3 +96,46 @@ def test_columns_are_checked(tmp_path):
     path.write_text("y,a\n1,2\n")
     with pytest.raises(ValueError, match="no column"):
         table(path, tmp_path / "cache", label="y", categorical=["nope"]).prepare()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "csv.gz"])
+def test_csv_progress_moves_with_the_bytes_read(tmp_path, suffix):
+    """The parse progress of one CSV advances with every batch (it sat at 0 bytes until the end)."""
+    import gzip
+
+    path = tmp_path / f"clicks.{suffix}"
+    n = 3000 if suffix == "csv" else 20000  # gzip: enough compressed bytes for several reads
+    text = AVAZU_HEADER + "\n" + "".join(",".join(r) + "\n" for r in avazu_rows(n, seed=6))
+    path.write_bytes(gzip.compress(text.encode()) if suffix.endswith("gz") else text.encode())
+    src = table(path, tmp_path / "cache", label="click", categorical=["site_id", "C14"], block_bytes=16 << 10)
+    seg = src.segments()[0]
+    updates = []
+    chunks = list(src.parse(seg, src.parse_context(seg, lambda nbytes, rows: updates.append((nbytes, rows)))))
+    assert len(chunks) >= 10 and sum(len(c.label) for c in chunks) == n
+    done = np.cumsum([b for b, _ in updates])
+    assert done[-1] == seg.size >= path.stat().st_size - len(AVAZU_HEADER) - 1  # all bytes (but the header), once
+    assert (np.diff(done) >= 0).all()
+    assert len(np.unique(done[:-1])) >= 5 and done[0] < seg.size / 2  # moving before the end
+
+
+def test_one_csv_is_parsed_in_parallel_pieces_with_file_line_numbers(tmp_path):
+    """A single CSV is cut into byte ranges at line starts, parsed by several workers: the same
+    arrays as one worker; a bad value in a later piece is named by its line in the file."""
+    rows = avazu_rows(3000, seed=7)
+    rows[2500][1] = "maybe"  # click: line 2502 of the file
+    path = tmp_path / "clicks.csv"
+    path.write_text(AVAZU_HEADER + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    kw = dict(label="click", categorical=["site_id", "C14", "device_ip"], on_bad_line="skip")
+    one = table(path, tmp_path / "c1", workers=1, **kw)
+    many = table(path, tmp_path / "c4", workers=4, segment_bytes=40_000, block_bytes=16 << 10, **kw)
+    assert len(one.segments()) == 1 and len(many.segments()) == 4
+    a, b = one.load(), many.load()
+    for s in ("train", "val", "test"):
+        np.testing.assert_array_equal(a.splits[s].cat, b.splits[s].cat)
+        np.testing.assert_array_equal(a.splits[s].label, b.splits[s].label)
+    assert a.meta["lines_read"] == b.meta["lines_read"] == 3000
+    for arrays in (a, b):
+        assert [(e["line"], e["field"]) for e in arrays.meta["bad_line_examples"]] == [(2502, "column click")]
+    strict = table(path, tmp_path / "c5", workers=4, segment_bytes=40_000, label="click", categorical=["site_id"])
+    with pytest.raises(BadLineError, match="line 2502, column click: the label must be 0 or 1, got 'maybe'"):
+        strict.prepare()
