@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from mlet.callbacks import LogProgress
 from tests.conftest import TINY
 
 MLET_TRAIN = str(Path(sys.executable).parent / "mlet-train")
@@ -26,7 +25,7 @@ def mlet_train_to_file(args, cwd: Path) -> tuple[int, str]:
 
 def test_redirected_output_gets_progress_lines_and_a_naming_last_line(tmp_path):
     # the bar on, as by default: redirected output gets plain lines instead
-    args = [o for o in TINY if "enable_progress_bar" not in o] + ["callbacks.progress_log.every_n_steps=5"]
+    args = [o for o in TINY if "enable_progress_bar" not in o] + ["++callbacks.progress_log.every_n_steps=5"]
     rc, out = mlet_train_to_file(args, tmp_path)
     assert rc == 0, out[-3000:]
     steps = [int(m.group(3)) for m in STEP_LINE.finditer(out)]
@@ -39,6 +38,8 @@ def test_redirected_output_gets_progress_lines_and_a_naming_last_line(tmp_path):
 
 
 def test_log_progress_turns_on_where_a_bar_is_no_use(monkeypatch):
+    from mlet.callbacks import LogProgress
+
     class Stdout:
         def __init__(self, tty):
             self.tty = tty

@@ -144,7 +144,7 @@ MLET_TRAIN = str(Path(sys.executable).parent / "mlet-train")
 # ~75 steps an epoch: slow enough to interrupt between two epochs' checkpoints
 SLOW_TINY = [o for o in TINY if not o.startswith("datamodule.batch_size")] + [
     "datamodule.batch_size=32", "trainer.max_epochs=4", "callbacks.early_stopping.patience=10",
-    "callbacks.progress_log.every_n_steps=75",
+    "++callbacks.progress_log.every_n_steps=75",
 ]
 
 
