@@ -63,6 +63,9 @@ def save_run_spec(output_dir: Path, cfg: DictConfig, datamodule) -> None:
         "dense_names": list(arrays.dense_names),
         "cat_names": list(arrays.cat_names),
         "cardinalities": [int(c) for c in arrays.cardinalities],
+        # the config group options chosen (data=..., model=...): a run continued with
+        # ckpt_path=<run>/checkpoints/... is named by them (mlet.resume)
+        "choices": _choices(),
     }
     write_record(output_dir / "schema.json", schema)
 
@@ -204,6 +207,13 @@ def summary_line(record: dict[str, Any], output_dir: Path) -> str:
         f"test_auc={_fmt(record.get('test_auc'))} test_logloss={_fmt(record.get('test_logloss'))} "
         f"| {record.get('seconds', '-')} s | record: {output_dir / RECORD_NAME}"
     )
+
+
+def _choices() -> dict[str, str]:
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {str(g): str(c) for g, c in choices.items() if c is not None and not str(g).startswith("hydra/")}
 
 
 def _choice(group: str, target: str) -> str:

@@ -6,7 +6,7 @@
   interrupted run (no ``record.json``) continues from its ``checkpoints/last.ckpt`` (``ckpt_path=last``,
   the default); a finished one is reported, not retrained (``force=true`` retrains from scratch).
 * ``ckpt_path=<run>/checkpoints/<file>.ckpt`` continues that run, in its directory, with the run's
-  own config (``<run>/config.yaml``, and the group choices from ``<run>/.hydra/hydra.yaml``): the
+  own config (``<run>/config.yaml``, and the group choices from ``<run>/schema.json``): the
   network it builds is the one the checkpoint holds. An override given with it that contradicts
   that config is refused in one line naming the keys; the training length
   (``trainer.max_epochs``, ``max_steps``, ``max_time``), early stopping, the progress display and
@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shlex
 import sys
@@ -153,19 +154,21 @@ def restore_run_config(cfg: DictConfig) -> DictConfig:
 
 
 def _restore_choices(run: Path) -> None:
-    """The run's config group choices (data=..., model=...) as this process's Hydra choices, so
-    that the record, job names and wandb tags name the restored run, not the defaults."""
-    hydra_file = run / ".hydra" / "hydra.yaml"
-    if not hydra_file.is_file() or not HydraConfig.initialized():
+    """The run's config group choices (data=..., model=...; ``schema.json``) as this process's Hydra
+    choices, so that the record, job names and wandb tags name the restored run, not the defaults.
+    (``.hydra/hydra.yaml`` cannot tell: Hydra has rewritten it for this process by now.)"""
+    schema = run / "schema.json"
+    choices = json.loads(schema.read_text()).get("choices") if schema.is_file() else None
+    if not HydraConfig.initialized():
         return
-    choices = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.runtime.choices", default=None)
     if not choices:
+        log.warning("%s names no config groups (a run from before they were saved): the record names this "
+                    "command's data/model/embedding options", schema)
         return
     node = HydraConfig.get().runtime.choices
     with read_write(node), open_dict(node):
         for group, choice in choices.items():
-            if not str(group).startswith("hydra/"):
-                node[group] = choice
+            node[group] = choice
 
 
 def continue_command() -> str:

@@ -201,7 +201,8 @@ def test_ctrl_c_then_the_same_command_continues_the_run(tmp_path):
 
 @pytest.mark.slow
 def test_ckpt_path_restores_the_runs_config_or_refuses(tmp_path):
-    args = [*TINY, "trainer.max_epochs=1", "embedding=single", "embedding.dim=6", "seed=3"]
+    args = [*[o for o in TINY if not o.startswith("model.")], "model=fm", "trainer.max_epochs=1",
+            "embedding=single", "embedding.dim=6", "seed=3"]
     rc, out = mlet_train(args, tmp_path)
     assert rc == 0, out[-3000:]
     run_dir = only_run_dir(tmp_path)
@@ -218,6 +219,7 @@ def test_ckpt_path_restores_the_runs_config_or_refuses(tmp_path):
     assert rc == 0, out[-3000:]
     assert only_run_dir(tmp_path) == run_dir
     record = json.loads((run_dir / "record.json").read_text())
-    assert (record["embedding"], record["dim"], record["seed"]) == ("single", 6, 3)
+    assert (record["model"], record["embedding"], record["dim"], record["seed"]) == ("fm", "single", 6, 3)
     assert record["config"]["data"]["rows"] == 3000
-    assert "data=synthetic model=dlrm embedding=single d=6 seed=3" in out
+    assert record["config"]["model"]["_target_"] == "mlet.models.fm.FM"
+    assert "data=synthetic model=fm embedding=single d=6 seed=3" in out
