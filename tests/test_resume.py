@@ -223,3 +223,27 @@ def test_ckpt_path_restores_the_runs_config_or_refuses(tmp_path):
     assert record["config"]["data"]["rows"] == 3000
     assert record["config"]["model"]["_target_"] == "mlet.models.fm.FM"
     assert "data=synthetic model=fm embedding=single d=6 seed=3" in out
+
+
+def test_force_retrains_a_finished_run_from_scratch(tmp_path, monkeypatch):
+    from mlet.module import CTRModule
+
+    steps: list = []
+    original = CTRModule.training_step
+    monkeypatch.setattr(CTRModule, "training_step", lambda self, b, i: steps.append(i) or original(self, b, i))
+    first = run(compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path))
+    assert len(steps) == first["steps"] == 10
+    again = run(compose_cfg([*TINY, "trainer.max_epochs=1", "force=true"], tmp_path))
+    assert len(steps) == 20 and again["steps"] == 10  # trained again, not "resumed" at its end
+    assert len(list((tmp_path / "checkpoints").glob("*.ckpt"))) == 2  # best and last of the new run only
+
+
+def test_a_checkpoint_outside_a_run_that_does_not_fit_is_one_clear_error(tmp_path):
+    from mlet.errors import MletError
+
+    run(compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path / "a"))
+    bare = tmp_path / "bare.ckpt"
+    shutil.copy(tmp_path / "a" / "checkpoints" / "last.ckpt", bare)
+    with pytest.raises(MletError, match=r"ckpt_path=.*bare.ckpt: the checkpoint does not fit the network") as info:
+        run(compose_cfg([*TINY, "embedding.dim=8", f"ckpt_path={bare}"], tmp_path / "b"))
+    assert "\n" not in str(info.value)
