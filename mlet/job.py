@@ -114,7 +114,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _interrupted(output_dir: Path) -> None:
     last = output_dir / "checkpoints" / "last.ckpt"
-    where = f"its latest state is in {last}" if last.is_file() else "no checkpoint was written yet"
+    where = (f"it continues from {last}, saved at the last epoch end or 30-minute save" if last.is_file()
+             else "no checkpoint was written yet: it starts afresh")
     log.warning("interrupted (%s); continue this run with: %s", where, resume.continue_command())
 
 
