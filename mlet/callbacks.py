@@ -11,11 +11,18 @@ A callback with a ``record_items() -> dict`` method contributes those items to `
 * :class:`AbsentRowMovement`: how far the collapsed rows a batch did not touch move per optimiser
   step -> ``record["absent_row_movement"]`` (MLET's mechanism; zero for a single-layer table
   under SGD or a sparse optimiser, not under dense Adam, whose moments move every row).
+* :class:`PhaseTimer`: seconds spent training, validating and testing, and the training loop's
+  own throughput -> ``record["seconds_train"]``, ``["seconds_validate"]``, ``["seconds_test"]``,
+  ``["train_samples"]``, ``["train_samples_per_second"]``.
+* :class:`LogProgress`: plain log lines (step, epoch, samples/s, loss, ETA; one per validated
+  epoch) where a tqdm bar is of no use: output redirected to a file, or the bar turned off.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -220,3 +227,188 @@ class AbsentRowMovement(pl.Callback):
             if any(m[k] is not None for m in self.measurements)
         }
         return {"absent_row_movement": {**summary, "steps_measured": len(self.measurements)}}
+
+
+def _batch_rows(batch) -> int:
+    """Rows in a ``(dense, cat, label)`` batch."""
+    return int(len(batch[-1])) if isinstance(batch, (list, tuple)) and batch else 0
+
+
+class PhaseTimer(pl.Callback):
+    """Wall-clock seconds per phase, from Lightning's hooks, summed over every epoch.
+
+    * ``train``: the training loop (batches, optimiser steps and the callbacks run per batch),
+      without the validation Lightning runs inside each training epoch;
+    * ``validate``: every validation pass (the sanity check included);
+    * ``test``: the test pass.
+
+    ``train_samples_per_second`` is the rows trained (all processes under DDP) over the training
+    seconds: the loop's own throughput, without data preparation or evaluation. The totals are
+    saved in the checkpoints, so a resumed run counts the time before the interruption too (the
+    batches redone after the last checkpoint count once). (Lightning's ``Timer`` callback keeps
+    only the latest interval of each stage, and counts validation into training.)
+    """
+
+    def __init__(self) -> None:
+        self.seconds = {"train": 0.0, "validate": 0.0, "test": 0.0}
+        self.train_samples = 0
+        self._started: dict[str, float] = {}
+        self._loaded: dict[str, Any] | None = None
+
+    def _start(self, phase: str) -> None:
+        self._started[phase] = time.perf_counter()
+
+    def _stop(self, phase: str) -> float:
+        started = self._started.pop(phase, None)
+        if started is None:
+            return 0.0
+        elapsed = time.perf_counter() - started
+        self.seconds[phase] += elapsed
+        return elapsed
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start("train")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop("train")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.train_samples += _batch_rows(batch) * trainer.world_size
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._start("validate")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        elapsed = self._stop("validate")
+        if "train" in self._started:  # validation inside a training epoch: not training time
+            self.seconds["train"] -= elapsed
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._loaded = None
+        self._start("test")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._stop("test")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        for phase in list(self._started):
+            self._stop(phase)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": dict(self.seconds), "train_samples": self.train_samples}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict  # applied when a fit resumes, not when the best checkpoint is tested
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        loaded, self._loaded = getattr(self, "_loaded", None), None
+        if loaded:
+            self.seconds.update(loaded.get("seconds", {}))
+            self.train_samples = int(loaded.get("train_samples", 0))
+
+    def samples_per_second(self) -> float | None:
+        return self.train_samples / self.seconds["train"] if self.seconds["train"] > 0 else None
+
+    def record_items(self) -> dict[str, Any]:
+        rate = self.samples_per_second()
+        return {
+            **{f"seconds_{phase}": round(s, 3) for phase, s in self.seconds.items()},
+            "train_samples": self.train_samples,
+            "train_samples_per_second": round(rate, 1) if rate is not None else None,
+        }
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class LogProgress(pl.Callback):
+    """Progress as plain log lines, for output that is not a terminal.
+
+    Every ``every_n_steps`` optimiser steps or ``every_seconds`` seconds, whichever comes first,
+    one line: epoch, step of the run, samples/s (since the previous line), training loss, and
+    an estimate of the time left (to ``trainer.max_epochs``; early stopping may end sooner). After
+    each validation: one line with val AUC/logloss and the best so far.
+
+    Args:
+        when: ``auto`` (default): when stdout is not a terminal (redirected to a file, a pipe, a
+            cluster's log) or the progress bar is off (``trainer.enable_progress_bar=false``, as in
+            ``+sweep=quick``); ``always``; ``never``. Where it logs, mlet turns tqdm's bar off.
+        every_n_steps: a line every this many steps (0: by time only).
+        every_seconds: a line at least this often (0: by steps only).
+    """
+
+    WHEN = ("auto", "always", "never")
+
+    def __init__(self, when: str = "auto", every_n_steps: int = 0, every_seconds: float = 30.0) -> None:
+        if when not in self.WHEN:
+            raise ValueError(f"callbacks.progress_log.when={when!r}: expected one of {', '.join(self.WHEN)}")
+        if every_n_steps < 0 or every_seconds < 0 or not (every_n_steps or every_seconds):
+            raise ValueError("callbacks.progress_log: every_n_steps and every_seconds must be >= 0, one of them > 0")
+        self.when = when
+        self.every_n_steps = int(every_n_steps)
+        self.every_seconds = float(every_seconds)
+        self._last_time = 0.0
+        self._last_step = 0
+        self._last_samples = 0
+        self._samples = 0
+        self._fit_started = 0.0
+        self._first_step = 0
+
+    def active(self, progress_bar_enabled: bool = True) -> bool:
+        """Whether lines are logged; ``progress_bar_enabled``: the trainer config's setting."""
+        if self.when != "auto":
+            return self.when == "always"
+        return not sys.stdout.isatty() or not progress_bar_enabled
+
+    def _on(self, trainer) -> bool:
+        return trainer.is_global_zero and self.active(trainer.progress_bar_callback is not None)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fit_started = self._last_time = time.perf_counter()
+        self._first_step = self._last_step = int(trainer.global_step)
+        self._samples = self._last_samples = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._samples += _batch_rows(batch) * trainer.world_size
+        if not self._on(trainer):
+            return
+        now, step = time.perf_counter(), int(trainer.global_step)
+        by_steps = self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step
+        by_time = self.every_seconds and now - self._last_time >= self.every_seconds
+        if not (by_steps or by_time):
+            return
+        rate = (self._samples - self._last_samples) / max(now - self._last_time, 1e-9)
+        total = trainer.estimated_stepping_batches
+        done = step - self._first_step
+        eta = "-"
+        if done > 0 and total and total != float("inf"):
+            eta = _duration((now - self._fit_started) / done * max(total - step, 0))
+        loss = trainer.callback_metrics.get("train_loss_step")
+        batches = trainer.num_training_batches
+        log.info(
+            "epoch %d/%s batch %d/%s step %d/%s | %.0f samples/s | loss %s | ETA %s",
+            trainer.current_epoch + 1, trainer.max_epochs if trainer.max_epochs not in (None, -1) else "-",
+            batch_idx + 1, batches if batches != float("inf") else "-", step,
+            total if total != float("inf") else "-", rate,
+            f"{float(loss):.4f}" if loss is not None else "-", eta,
+        )
+        self._last_time, self._last_step, self._last_samples = now, step, self._samples
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self._on(trainer):
+            return
+        history = getattr(pl_module, "results", {}).get("val_history") or []
+        if not history:
+            return
+        last = history[-1]
+        best = max(history, key=lambda h: h["val_auc"] if h["val_auc"] == h["val_auc"] else float("-inf"))
+        log.info(
+            "epoch %d/%s validated: val_auc %.5f val_logloss %.5f (best %.5f at epoch %d) | %s elapsed",
+            last["epoch"] + 1, trainer.max_epochs if trainer.max_epochs not in (None, -1) else "-",
+            last["val_auc"], last["val_logloss"], best["val_auc"], best["epoch"] + 1,
+            _duration(time.perf_counter() - self._fit_started),
+        )

@@ -14,14 +14,17 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mlet import sweep
+from mlet import resume, sweep
+from mlet.callbacks import LogProgress
 from mlet.config_check import check_config
+from mlet.errors import MletError
 from mlet.module import CTRModule
-from mlet.records import write_record
+from mlet.records import RECORD_NAME, write_record
 
 log = logging.getLogger("mlet.train")
 
@@ -60,18 +63,11 @@ def save_run_spec(output_dir: Path, cfg: DictConfig, datamodule) -> None:
         "dense_names": list(arrays.dense_names),
         "cat_names": list(arrays.cat_names),
         "cardinalities": [int(c) for c in arrays.cardinalities],
+        # the config group options chosen (data=..., model=...): a run continued with
+        # ckpt_path=<run>/checkpoints/... is named by them (mlet.resume)
+        "choices": _choices(),
     }
     write_record(output_dir / "schema.json", schema)
-
-
-def _resume_from(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``last`` only when this run directory holds a last checkpoint (else a fresh start, quietly)."""
-    if ckpt_path != "last":
-        return ckpt_path
-    if any((output_dir / "checkpoints").glob("last*.ckpt")):
-        log.info("resuming from %s", output_dir / "checkpoints" / "last.ckpt")
-        return "last"
-    return None
 
 
 def _drop_resume_checkpoints(cfg: DictConfig, output_dir: Path, keep: str) -> None:
@@ -90,9 +86,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     A job whose output directory already holds a record (unless ``force=true``), a duplicate or an
     invalid sweep combination, or one that another process is training right now (two sweeps on
     the same output root), is skipped before anything is built (see ``mlet.sweep``); it returns
-    the existing record (or ``{}``) with ``status: skipped``.
+    the existing record (or ``{}``) with ``status: skipped``. ``ckpt_path=<run>/checkpoints/<file>``
+    continues that run with its own config (``mlet.resume``).
     """
     started = time.time()
+    cfg = resume.restore_run_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     with sweep.job_lock(output_dir) as held_elsewhere:
         # checked under the lock: a concurrent sweep may have just finished this job
@@ -100,29 +98,88 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if skip is not None:
             status, reason, existing = skip
             sweep.note_outcome(output_dir, status, reason)
+            if existing:
+                log.info("finished run %s", summary_line(existing, output_dir))
             return {**(existing or {}), "status": "skipped", "skipped": status, "skip_reason": reason}
         check_config(cfg)
-        return _train(cfg, output_dir, started)
+        if sweep.in_multirun():
+            log.info("job %s: started", output_dir.name)
+        retrain = bool(cfg.get("force", False)) and (output_dir / RECORD_NAME).is_file()
+        try:
+            return _train(cfg, output_dir, started, retrain=retrain)
+        except KeyboardInterrupt:  # before or after fitting (Lightning handles it inside fit)
+            _interrupted(output_dir)
+            raise
 
 
-def _train(cfg: DictConfig, output_dir: Path, started: float) -> dict[str, Any]:
+def _interrupted(output_dir: Path) -> None:
+    last = output_dir / "checkpoints" / "last.ckpt"
+    where = (f"it continues from {last}, saved at the last epoch end or 30-minute save" if last.is_file()
+             else "no checkpoint was written yet: it starts afresh")
+    log.warning("interrupted (%s); continue this run with: %s", where, resume.continue_command())
+
+
+def _resume_from(ckpt_path: str | None, output_dir: Path, retrain: bool) -> str | None:
+    """``last`` only when this run directory holds a last checkpoint (else a fresh start, quietly).
+    ``force=true`` on a finished run starts afresh: the old run's checkpoints are deleted."""
+    if ckpt_path != "last":
+        return ckpt_path
+    checkpoints = output_dir / "checkpoints"
+    if retrain:
+        old = sorted(checkpoints.glob("*.ckpt"))
+        for path in old:
+            path.unlink()
+        log.info("force=true: retraining from scratch%s", f" (deleted the finished run's {len(old)} checkpoint(s))" if old else "")
+        return None
+    if any(checkpoints.glob("last*.ckpt")):
+        log.info("resuming from %s", checkpoints / "last.ckpt")
+        return "last"
+    return None
+
+
+def _fit(trainer: pl.Trainer, module: CTRModule, datamodule, ckpt_path: str | None, output_dir: Path) -> None:
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C into SystemExit(1) after its clean-up
+            _interrupted(output_dir)
+        raise
+    except RuntimeError as exc:
+        if ckpt_path and "state_dict" in str(exc):
+            first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc)[:200])
+            raise MletError(
+                f"ckpt_path={ckpt_path}: the checkpoint does not fit the network this config builds ({first}); "
+                "give the overrides it was trained with, or a checkpoint inside its run directory "
+                "(<run>/checkpoints/, next to the run's config.yaml), whose config is then restored"
+            ) from exc
+        raise
+
+
+def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = False) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
     save_run_spec(output_dir, cfg, datamodule)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    bar = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
+    # plain progress lines instead of tqdm's bar where the bar is of no use (mlet.callbacks.LogProgress)
+    plain = any(isinstance(cb, LogProgress) and cb.active(bar) for cb in callbacks)
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      **({"enable_progress_bar": False} if plain and bar else {}))
     for lg in loggers:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": sweep.identity(cfg)})
 
     log.info("embedding: %s", module.embedding)
+    seconds_prepare = time.time() - started
     if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_from(cfg.ckpt_path, output_dir))
-    ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        _fit(trainer, module, datamodule, _resume_from(cfg.ckpt_path, output_dir, retrain), output_dir)
+    best = best_checkpoint_callback(trainer)
+    ckpt = best.best_model_path if best is not None else ""
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
 
     record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started)
+    record["seconds_prepare"] = round(seconds_prepare, 3)
     write_record(output_dir / "record.json", record)
     sweep.note_outcome(output_dir, "trained")
     if trainer.is_global_zero:
@@ -131,14 +188,33 @@ def _train(cfg: DictConfig, output_dir: Path, started: float) -> dict[str, Any]:
         if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
             lg.experiment.summary.update({k: v for k, v in record.items() if k != "config"})
             lg.experiment.finish()  # one wandb run per job, also inside a multirun
-    log.info(
-        "collapsed %s d=%s: val_auc=%.5f test_auc=%s test_logloss=%s  (record: %s)",
-        record["embedding"], record["dim"], record["val_auc"] or float("nan"),
-        f"{record['test_auc']:.5f}" if record["test_auc"] is not None else "-",
-        f"{record['test_logloss']:.5f}" if record["test_logloss"] is not None else "-",
-        output_dir / "record.json",
-    )
+    log.info("%s %s", f"job {output_dir.name}: done," if sweep.in_multirun() else "done:", summary_line(record, output_dir))
     return record
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.5f}" if isinstance(value, (int, float)) else "-"
+
+
+def summary_line(record: dict[str, Any], output_dir: Path) -> str:
+    """One line naming the run (data, model, embedding, d, k, seed) with its metrics."""
+    k = record.get("inner_dim")
+    best_epoch = record.get("best_epoch")
+    return (
+        f"data={record.get('data')} model={record.get('model')} embedding={record.get('embedding')} "
+        f"d={record.get('dim')}{f' k={k}' if k is not None else ''} seed={record.get('seed')}: "
+        f"collapsed val_auc={_fmt(record.get('val_auc'))}"
+        f"{f' (best_epoch={best_epoch})' if best_epoch is not None else ''} "
+        f"test_auc={_fmt(record.get('test_auc'))} test_logloss={_fmt(record.get('test_logloss'))} "
+        f"| {record.get('seconds', '-')} s | record: {output_dir / RECORD_NAME}"
+    )
+
+
+def _choices() -> dict[str, str]:
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {str(g): str(c) for g, c in choices.items() if c is not None and not str(g).startswith("hydra/")}
 
 
 def _choice(group: str, target: str) -> str:
@@ -150,13 +226,41 @@ def _choice(group: str, target: str) -> str:
     return target.rsplit(".", 1)[-1]
 
 
+def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
+    """The callback keeping the best checkpoint (the first with a monitored metric; the
+    ``last.ckpt`` writers monitor nothing)."""
+    monitored = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.monitor]
+    return monitored[0] if monitored else trainer.checkpoint_callback
+
+
+def validation_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best and last validation epoch of a run's per-epoch history. Every un-prefixed figure is
+    the best epoch's (highest val AUC, the first on a tie, as the best checkpoint keeps it)."""
+    if not history:
+        return {}
+    scored = [h for h in history if h.get("val_auc") is not None and h["val_auc"] == h["val_auc"]]
+    best = max(scored or history, key=lambda h: h["val_auc"] if h in scored else float("-inf"))
+    last = history[-1]
+    return {
+        "val_auc": best["val_auc"], "val_logloss": best["val_logloss"], "best_epoch": best["epoch"],
+        "best_step": best["step"],
+        "last_val_auc": last["val_auc"], "last_val_logloss": last["val_logloss"], "last_epoch": last["epoch"],
+        "val_history": history,
+    }
+
+
 def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: str, seconds: float) -> dict:
     emb = module.embedding
     model_params = sum(p.numel() for p in module.net.model.parameters())
     val = module.results.get("val", {})
-    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    callback = best_checkpoint_callback(trainer)
+    best = callback.best_model_score if callback is not None else None
     test = module.results.get("test", {})
-    extra = {}  # analyses from callbacks with record_items() (mlet.callbacks: buckets, spectrum)
+    validation = validation_summary(module.results.get("val_history", []))
+    if not validation:  # no validation in this process (train=false): what the checkpoint callback kept
+        validation = {"val_auc": float(best) if best is not None else val.get("val_auc"),
+                      "val_logloss": val.get("val_logloss")}
+    extra = {}  # analyses from callbacks with record_items() (mlet.callbacks: buckets, spectrum, timing)
     for cb in trainer.callbacks:
         if callable(getattr(cb, "record_items", None)):
             extra.update(cb.record_items())
@@ -168,8 +272,7 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
         "dim": emb.dim,
         "inner_dim": getattr(emb, "inner_dim", None),
         "seed": int(cfg.seed),
-        "val_auc": float(best) if best is not None else val.get("val_auc"),
-        "val_logloss": val.get("val_logloss"),
+        **validation,
         "test_auc": test.get("test_auc"),
         "test_logloss": test.get("test_logloss"),
         "train_parameters": emb.train_parameters + model_params,

@@ -18,6 +18,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from mlet.embeddings import FieldEmbedding
@@ -64,7 +65,10 @@ class CTRModule(pl.LightningModule):
             embedding.sparse = sparse
         self._eval_embedding: FieldEmbedding | None = None
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        self.results: dict[str, dict[str, Any]] = {}
+        # results["val"] / ["test"]: the latest evaluation (metrics, logits, labels);
+        # results["val_history"]: one entry per validation epoch (epoch, step, val_auc, val_logloss),
+        # kept in the checkpoints so a resumed run's record has every epoch.
+        self.results: dict[str, Any] = {"val_history": []}
 
     @property
     def embedding(self) -> FieldEmbedding:
@@ -133,9 +137,26 @@ class CTRModule(pl.LightningModule):
             return
         metrics = {f"{stage}_auc": auc(logits, labels), f"{stage}_logloss": logloss(logits, labels)}
         self.results[stage] = {**metrics, "logits": logits.cpu(), "labels": labels.cpu()}
+        if stage == "val" and self._trainer is not None and not self.trainer.sanity_checking:
+            self.results["val_history"].append({
+                "epoch": int(self.current_epoch), "step": int(self.global_step),
+                **{k: float(v) for k, v in metrics.items()},
+            })
         # Identical on every process (computed from the gathered outputs): syncing with max changes
         # nothing and tells Lightning the epoch value is global.
         self.log_dict(metrics, prog_bar=True, sync_dist=True, reduce_fx="max")
+
+    @property
+    def val_history(self) -> list[dict[str, Any]]:
+        return self.results["val_history"]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mlet_val_history"] = list(self.val_history)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # resuming a fit continues the history; testing the best checkpoint keeps this run's own
+        if self._trainer is None or self.trainer.state.fn == TrainerFn.FITTING:
+            self.results["val_history"] = list(checkpoint.get("mlet_val_history", []))
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval("val")

@@ -48,8 +48,8 @@ log = logging.getLogger("mlet.sweep")
 JOBS_LOG = "sweep_jobs.jsonl"
 # Overrides that are part of a job's name, or change nothing in its result: kept out of the hash.
 NAMED_KEYS = {"data", "model", "embedding", "embedding.dim", "embedding.inner_dim", "seed"}
-NEUTRAL_KEYS = {"sweep", "force", "tags", "logger", "trainer.enable_progress_bar", "keep_last_checkpoint"}
-NEUTRAL_PREFIXES = ("hydra.", "logger.", "paths.")
+NEUTRAL_KEYS = {"sweep", "force", "tags", "logger", "trainer.enable_progress_bar", "keep_last_checkpoint", "ckpt_path"}
+NEUTRAL_PREFIXES = ("hydra.", "logger.", "paths.", "callbacks.progress_log.")
 SKIP_MESSAGES = {
     "exists": "record exists",
     "duplicate": "duplicate",
@@ -167,6 +167,9 @@ def register_resolvers() -> None:
         "mlet.choice", lambda group, *, _root_: _choice(_hydra_node(_root_), str(group), _root_), replace=True
     )
     OmegaConf.register_new_resolver("mlet.job_dir", lambda *, _root_: job_dir_name(_root_), replace=True)
+    from mlet.resume import run_dir  # noqa: PLC0415 (mlet.resume imports this module)
+
+    OmegaConf.register_new_resolver("mlet.run_dir", lambda runs, *, _root_: run_dir(str(runs), _root_), replace=True)
     OmegaConf.register_new_resolver("mlet.run_name", lambda *, _root_: run_name(_root_), replace=True)
     OmegaConf.register_new_resolver("mlet.sweep_group", lambda: sweep_group(), replace=True)
     OmegaConf.register_new_resolver("mlet.run_tags", lambda *, _root_: run_tags(_root_), replace=True)
