@@ -54,7 +54,7 @@ import numpy as np
 
 from mlet.data import splits as S
 from mlet.data.arrays import CTRArrays
-from mlet.errors import MletError
+from mlet.errors import InputError, MletError
 from mlet.data.textparse import LINE, Block, RowErrors, Tokens, field_text, open_binary, read_blocks
 
 log = logging.getLogger("mlet.data")
@@ -704,7 +704,8 @@ class PreparedSource:
         rows = [r["rows"] for r in reports]
         n = int(sum(rows))
         if n == 0:
-            raise ValueError(f"{self.name}: no rows were parsed from {[s.path for s in segs]}")
+            raise InputError(f"{', '.join(sorted({str(s.path) for s in segs}))}: no data rows (empty input file?); "
+                             f"{self.name} parsed nothing from it")
         row_offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
         rows_per_file = [0] * (max(s.file_index for s in segs) + 1)
         for s, r in zip(segs, rows):

@@ -24,6 +24,7 @@ import pyarrow as pa
 from mlet.data import splits as S
 from mlet.data.pipeline import BadLineError, Chunk, ParseContext, PreparedSource, Segment
 from mlet.data.textparse import PAD, decode_token
+from mlet.errors import InputError
 
 SPLIT_VALUES = {"train": S.TRAIN, "val": S.VAL, "valid": S.VAL, "validation": S.VAL, "test": S.TEST}
 NULL_INT_KEY = np.iinfo(np.int64).min  # a missing value of an integer categorical column
@@ -228,7 +229,7 @@ class Tabular(PreparedSource):
         pf = pq.ParquetFile(path)
         missing = [c for c in self.columns if c not in pf.schema_arrow.names]
         if missing:
-            raise ValueError(f"{path}: no column(s) {missing}; it has {pf.schema_arrow.names}")
+            raise InputError(f"{path}: no column(s) {missing}; it has {pf.schema_arrow.names}")
         row = 0
         for batch in pf.iter_batches(batch_size=max(1024, self.block_bytes // 64), columns=self.columns):
             yield batch, row + 1
@@ -243,7 +244,7 @@ class Tabular(PreparedSource):
             names = [h.strip('"') for h in header]
             missing = [c for c in self.columns if c not in names]
             if missing:
-                raise ValueError(f"{path}, line 1: no column(s) {missing} in the header {names}")
+                raise InputError(f"{path}, line 1: no column(s) {missing} in the header {names}")
             batches = self._csv_batches(path, ctx)
         else:
             batches = self._parquet_batches(path)
