@@ -66,6 +66,9 @@ def load_records(dirs: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
         except (ValueError, OSError) as exc:
             warnings.append(f"skipped unreadable record {path}: {exc}")
             continue
+        if rec.get("status") == "failed":  # written by a failed mlet-train run: no results
+            warnings.append(f"skipped the record of a failed run {path}: {rec.get('error')}")
+            continue
         rec["mtime"] = path.stat().st_mtime
         records.append(rec)
     return records, warnings
@@ -809,12 +812,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.tolerance < 0:
         parser.error("--tolerance must be >= 0")
-    try:
-        result = build_report(args.dirs, args.out, args.tolerance, args.reference_dim, args.by,
-                              plots=not args.no_plots, tune=args.tune)
-    except FileNotFoundError as exc:
-        print(f"mlet-report: error: {exc}", file=sys.stderr)
-        return 2
+    from mlet.cli import command
+
+    return command("mlet-report", _report_command, args)
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    result = build_report(args.dirs, args.out, args.tolerance, args.reference_dim, args.by,
+                          plots=not args.no_plots, tune=args.tune)
     for w in result["warnings"]:
         log.warning("warning: %s", w)
     log.info("mlet-report: %d runs -> %s (%d files)", len(result["runs"]), Path(args.out) / "report.md",
