@@ -94,6 +94,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
+    if sweep.process_rank() != 0:
+        # a DDP rank started for this job by rank 0, which holds the job lock and decided to train
+        check_config(cfg)
+        return _train(cfg, output_dir, started)
     with sweep.job_lock(output_dir) as held_elsewhere:
         # checked under the lock: a concurrent sweep may have just finished this job
         skip = ("running", held_elsewhere, None) if held_elsewhere else sweep.skip_reason(cfg, output_dir)
@@ -108,7 +112,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _train(cfg: DictConfig, output_dir: Path, started: float) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
-    save_run_spec(output_dir, cfg, datamodule)
+    if sweep.process_rank() == 0:
+        save_run_spec(output_dir, cfg, datamodule)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -123,9 +128,9 @@ def _train(cfg: DictConfig, output_dir: Path, started: float) -> dict[str, Any]:
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
 
     record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started)
-    write_record(output_dir / "record.json", record)
-    sweep.note_outcome(output_dir, "trained")
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # one record per job, also under DDP
+        write_record(output_dir / "record.json", record)
+        sweep.note_outcome(output_dir, "trained")
         _drop_resume_checkpoints(cfg, output_dir, keep=ckpt)
     for lg in loggers:
         if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
