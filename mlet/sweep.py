@@ -234,7 +234,8 @@ def job_lock(output_dir: Path):
 
     A job directory is held through ``<dir>/.running`` (created exclusively, holding host and pid),
     so two sweeps started on the same output root never train the same job at once or write over
-    each other's records. A lock left by a dead process of this host is taken over.
+    each other's records. A lock left by a dead process of this host is taken over. Under DDP only
+    rank 0 takes it (``mlet.job.run``): the ranks it starts run its job inside its lock.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     lock = output_dir / LOCK_NAME
