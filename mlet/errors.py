@@ -9,3 +9,8 @@ from __future__ import annotations
 
 class MletError(Exception):
     """A problem with the user's config, files or arguments; the message names what to fix."""
+
+
+class InputError(MletError, ValueError):
+    """An input file that cannot be used as the config says: empty, or without a column it needs.
+    The message names the file and what is missing."""

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from mlet.embeddings import SingleLayerEmbedding
 from mlet.module import CTRNet
+from mlet.cli import command
 from mlet.errors import MletError
 from mlet.records import write_record
 
@@ -67,10 +68,21 @@ def load_collapsed(target: str | Path) -> tuple[CTRNet, dict, Path]:
         if not (run_dir / name).is_file():
             raise ExportError(f"{run_dir / name}: missing; it is written when a run starts")
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    schema = json.loads((run_dir / "schema.json").read_text())
-    module = build_module(cfg, schema["cardinalities"], len(schema["dense_names"]))
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    module.load_state_dict(state)
+    try:
+        schema = json.loads((run_dir / "schema.json").read_text())
+        cardinalities, dense_names = schema["cardinalities"], schema["dense_names"]
+    except (ValueError, KeyError) as exc:
+        raise ExportError(f"{run_dir / 'schema.json'}: not a run's data schema ({type(exc).__name__}: {exc})") from None
+    module = build_module(cfg, cardinalities, len(dense_names))
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a file that is no checkpoint
+        raise ExportError(f"{ckpt}: not a readable Lightning checkpoint ({type(exc).__name__}: {exc})") from None
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ExportError(f"{ckpt}: its weights do not fit the run's config.yaml and schema.json "
+                          f"({str(exc).splitlines()[0]})") from None
     net = CTRNet(module.embedding.collapse(), module.net.model).eval()
     spec = {"schema": schema, "data": OmegaConf.to_container(cfg.data, resolve=True),
             "embedding": module.embedding.kind, "dim": module.embedding.dim,
@@ -165,11 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="a run directory or a checkpoint file inside one")
     parser.add_argument("--out", help="output directory (default: <run dir>/export)")
     args = parser.parse_args(argv)
-    try:
-        spec = export(args.target, args.out)
-    except (ExportError, FileNotFoundError, KeyError, RuntimeError, ValueError) as exc:
-        print(f"mlet-export: error: {exc}", file=sys.stderr)
-        return 2
+    return command("mlet-export", _export_command, args)
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    spec = export(args.target, args.out)
     s = spec["sizes"]
     out = Path(args.out) if args.out else locate(args.target)[0] / "export"
     print(f"exported {spec['embedding']} d={spec['dim']} (collapsed) from {spec['checkpoint']} to {out}")

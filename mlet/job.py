@@ -92,6 +92,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     cfg = resume.restore_run_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    if sweep.process_rank() != 0:
+        # a DDP rank started for this job by rank 0, which holds the job lock and decided to train
+        check_config(cfg)
+        return _train(cfg, output_dir, started)
     with sweep.job_lock(output_dir) as held_elsewhere:
         # checked under the lock: a concurrent sweep may have just finished this job
         skip = ("running", held_elsewhere, None) if held_elsewhere else sweep.skip_reason(cfg, output_dir)
@@ -158,7 +162,8 @@ def _fit(trainer: pl.Trainer, module: CTRModule, datamodule, ckpt_path: str | No
 def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = False) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
-    save_run_spec(output_dir, cfg, datamodule)
+    if sweep.process_rank() == 0:
+        save_run_spec(output_dir, cfg, datamodule)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
     bar = bool(OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True))
@@ -180,15 +185,16 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = Fa
 
     record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started)
     record["seconds_prepare"] = round(seconds_prepare, 3)
-    write_record(output_dir / "record.json", record)
-    sweep.note_outcome(output_dir, "trained")
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # one record per job, also under DDP
+        write_record(output_dir / "record.json", record)
+        sweep.note_outcome(output_dir, "trained")
         _drop_resume_checkpoints(cfg, output_dir, keep=ckpt)
     for lg in loggers:
         if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
             lg.experiment.summary.update({k: v for k, v in record.items() if k != "config"})
             lg.experiment.finish()  # one wandb run per job, also inside a multirun
-    log.info("%s %s", f"job {output_dir.name}: done," if sweep.in_multirun() else "done:", summary_line(record, output_dir))
+    if trainer.is_global_zero:  # rank 0 wrote the record; the other ranks finish quietly
+        log.info("%s %s", f"job {output_dir.name}: done," if sweep.in_multirun() else "done:", summary_line(record, output_dir))
     return record
 
 

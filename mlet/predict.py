@@ -21,8 +21,8 @@ category not in it (never seen in training, or rarer than the run's ``min_count`
 index 0, as in training. The exported program (``model.pt2``) runs in batches of
 ``--batch-rows`` rows; one probability (sigmoid of the logit) is written per data line, in file
 order, streaming (to stdout without ``--out``). A bad line stops the run naming file, line and
-field (exit code 2); nothing is skipped (not even under the run's ``on_bad_line=skip`` or
-``on_short_line=skip``), so output line i is input row i.
+field (one line, exit status 2, as every user error: ``mlet.cli``); nothing is skipped (not even
+under the run's ``on_bad_line=skip`` or ``on_short_line=skip``), so output line i is input row i.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from typing import Iterator, TextIO
 import numpy as np
 import torch
 
+from mlet.cli import command
+from mlet.data.pipeline import BadLineError
 from mlet.errors import MletError
 from mlet.export import EXPORT_NAME, SPEC_NAME, data_source
 
@@ -123,19 +125,26 @@ def predict(export_dir: str | Path, raw: str | Path, out: TextIO, batch_rows: in
     schema = spec["schema"]
     if list(source.cat_names) != schema["cat_names"] or list(source.dense_names) != schema["dense_names"]:
         raise PredictError(f"{raw}: the source's fields differ from the exported schema")
-    program = torch.export.load(str(export_dir / EXPORT_NAME)).module()
+    try:
+        program = torch.export.load(str(export_dir / EXPORT_NAME)).module()
+    except Exception as exc:  # noqa: BLE001 - a missing or damaged file fails in many ways
+        raise PredictError(f"{export_dir / EXPORT_NAME}: not a program written by mlet-export "
+                           f"({type(exc).__name__}: {exc})") from None
     rows = 0
     with torch.no_grad():
-        for dense, cat in batches(source, vocab, batch_rows):
-            prob = torch.sigmoid(program(torch.from_numpy(dense), torch.from_numpy(cat))).numpy()
-            np.savetxt(out, prob.astype(np.float32), fmt="%.9g")
-            rows += len(prob)
+        try:
+            for dense, cat in batches(source, vocab, batch_rows):
+                prob = torch.sigmoid(program(torch.from_numpy(dense), torch.from_numpy(cat))).numpy()
+                np.savetxt(out, prob.astype(np.float32), fmt="%.9g")
+                rows += len(prob)
+        except BadLineError as exc:
+            # its own hint names data.on_bad_line, which mlet-predict does not take: it skips no line
+            raise PredictError(f"{exc.path}, line {exc.line}, {exc.field}: {exc.reason} (mlet-predict skips no "
+                               "line, so that output line i is input row i: fix or remove the line)") from None
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mlet.data.pipeline import BadLineError
-
     parser = argparse.ArgumentParser(prog="mlet-predict", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export_dir", help="a directory written by mlet-export (model.pt2, model.json, vocab.npy)")
@@ -147,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_rows < 1:
         parser.error("--batch-rows must be at least 1")
+    return command("mlet-predict", _predict_command, args)
+
+
+def _predict_command(args: argparse.Namespace) -> int:
     out_path = Path(args.out) if args.out else None
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}") if out_path else None
     try:
@@ -156,9 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(tmp, out_path)
         else:
             rows = predict(args.export_dir, args.raw, sys.stdout, args.batch_rows, args.unlabeled)
-    except (PredictError, BadLineError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"mlet-predict: error: {exc}", file=sys.stderr)
-        return 2
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()

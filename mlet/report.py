@@ -121,6 +121,9 @@ def load_records(dirs: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
         except (ValueError, OSError) as exc:
             warnings.append(f"skipped unreadable record {path}: {exc}")
             continue
+        if rec.get("status") == "failed":  # written by a failed mlet-train run: no results
+            warnings.append(f"skipped the record of a failed run {path}: {rec.get('error')}")
+            continue
         rec["mtime"] = path.stat().st_mtime
         records.append(rec)
     return records, warnings
@@ -1017,12 +1020,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     both = sorted(set(by) & set(tune))
     if both:
         parser.error(f"{', '.join(both)}: given to both --by and --tune; a key either splits the tables or is tuned")
-    try:
-        result = build_report(args.dirs, args.out, args.tolerance, args.reference_dim, by,
-                              plots=not args.no_plots, tune=tune, ignore=_keys(args.ignore))
-    except (FileNotFoundError, MletError) as exc:
-        print(f"mlet-report: error: {exc}", file=sys.stderr)
-        return 2
+    from mlet.cli import command
+
+    return command("mlet-report", _report_command, args, by, tune)
+
+
+def _report_command(args: argparse.Namespace, by: list[str], tune: list[str]) -> int:
+    result = build_report(args.dirs, args.out, args.tolerance, args.reference_dim, by,
+                          plots=not args.no_plots, tune=tune, ignore=_keys(args.ignore))
     for w in result["warnings"]:
         log.warning("warning: %s", w)
     log.info("mlet-report: %d runs -> %s (%d files)", len(result["runs"]), Path(args.out) / "report.md",

@@ -14,7 +14,8 @@
   invalid (a single run with it still fails with the embedding's error).
 * A job that fails inside a multirun does not stop the sweep: its error is logged (with the
   traceback when it is not a config or input error), the outcome ``failed`` is noted, and the
-  other jobs go on. Started again, the sweep retrains it (no record was written).
+  other jobs go on. Its ``record.json`` says ``status: failed`` (mlet.train): started again, the
+  sweep retrains it.
 * Every job's outcome (trained / exists / duplicate / invalid / running / failed) is appended to
   ``<sweep dir>/sweep_jobs.jsonl``; the Hydra callback :class:`SweepSummary` logs the counts when
   the multirun ends, names the failed jobs, and ends the process with exit status 1 if any failed.
@@ -198,6 +199,9 @@ def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, dict | Non
     except (ValueError, OSError) as exc:
         log.warning("retraining: %s is unreadable (%s)", path, exc)
         return None
+    if existing.get("status") == "failed":
+        log.info("retraining: %s records a failed run (%s)", path, existing.get("error"))
+        return None
     if ignores_inner_dim(cfg):
         old_k = OmegaConf.select(OmegaConf.create(existing.get("config") or {}), "embedding.inner_dim", default=None)
         if old_k != k:
@@ -207,6 +211,14 @@ def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, dict | Non
 
 
 LOCK_NAME = ".running"
+
+
+def process_rank() -> int:
+    """This process's global rank, as Lightning reads it from the environment (``RANK``,
+    ``LOCAL_RANK``, ... set by Lightning's DDP launcher, torchrun or SLURM); 0 outside DDP."""
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def _alive(pid: int) -> bool:
@@ -225,7 +237,8 @@ def job_lock(output_dir: Path):
 
     A job directory is held through ``<dir>/.running`` (created exclusively, holding host and pid),
     so two sweeps started on the same output root never train the same job at once or write over
-    each other's records. A lock left by a dead process of this host is taken over.
+    each other's records. A lock left by a dead process of this host is taken over. Under DDP only
+    rank 0 takes it (``mlet.job.run``): the ranks it starts run its job inside its lock.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     lock = output_dir / LOCK_NAME

@@ -1,17 +1,18 @@
 """Every config file composes, and every option of every group instantiates on tiny data."""
 
-from pathlib import Path
+from importlib.resources import files
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
 from mlet.job import build
-from mlet.train import CONFIG_DIR
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import CONFIG_MODULE, TINY, compose_cfg
 
-GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name not in {"hydra", "experiment", "sweep"})
-OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONFIG_DIR / g).glob("*.yaml"))]
+CONFIGS = files(CONFIG_MODULE)  # the packaged configs, as mlet-train finds them
+GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in {"hydra", "experiment", "sweep", "__pycache__"})
+OPTIONS = [(g, f.name.removesuffix(".yaml")) for g in GROUPS
+           for f in sorted(CONFIGS.joinpath(g).iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml")]
 
 
 def test_groups_exist():
@@ -39,6 +40,8 @@ def test_build_from_config(embedding, tmp_path):
 
 
 def test_experiment_configs_compose(tmp_path):
-    for path in sorted((CONFIG_DIR / "experiment").glob("*.yaml")):
-        cfg = compose_cfg([f"experiment={path.stem}"], tmp_path)
+    names = sorted(f.name.removesuffix(".yaml") for f in CONFIGS.joinpath("experiment").iterdir() if f.name.endswith(".yaml"))
+    assert names
+    for name in names:
+        cfg = compose_cfg([f"experiment={name}"], tmp_path)
         assert cfg.model is not None

@@ -13,7 +13,7 @@ from mlet.export import SPEC_NAME, VOCAB_NAME, data_source, load_collapsed, main
 from mlet.data.source import PreparedSource
 from mlet.predict import PredictError, Vocabulary, batches, main as predict_main, raw_source
 from mlet.job import run
-from tests.conftest import TINY, compose_cfg
+from tests.conftest import TINY, compose_cfg, run_script
 from tests.data.rawdata import criteo_line, criteo_rows, write_criteo
 
 ROWS = 1400  # dlrm protocol: 7 contiguous parts -> train 1200, then test 100, val 100 (file order)
@@ -109,6 +109,14 @@ def test_unlabeled_test_txt_form(exported):
     assert not (tmp / "x.txt").exists()
 
 
+@pytest.mark.slow
+def test_the_console_script_predicts_from_any_directory(exported, tmp_path):
+    tmp, raw, _ = exported
+    proc = run_script("mlet-predict", [str(tmp / "exp"), str(raw), "--out", "p.txt"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_array_equal(np.loadtxt(tmp_path / "p.txt", ndmin=1), _predict(tmp, raw, "same.txt"))
+
+
 def test_bad_line_names_file_line_and_field(exported, capsys):
     tmp, _, rows = exported
     path = tmp / "bad.txt"
@@ -117,6 +125,7 @@ def test_bad_line_names_file_line_and_field(exported, capsys):
     assert predict_main([str(tmp / "exp"), str(path), "--out", str(tmp / "bad_pred.txt")]) == 2
     err = capsys.readouterr().err
     assert f"{path}, line 2, whole line: 41 fields where 40 are expected" in err
+    assert "on_bad_line" not in err and "mlet-predict skips no line" in err  # only options it takes
     assert err.startswith("mlet-predict: error:") and not (tmp / "bad_pred.txt").exists()
     path.write_text(good + "\t".join(["1", "x"] + [""] * 38) + "\n")
     assert predict_main([str(tmp / "exp"), str(path)]) == 2

@@ -163,9 +163,10 @@ def test_a_failed_job_does_not_stop_the_sweep_and_fails_it_at_the_end(tmp_path):
     proc = run_cli(args, cwd=tmp_path)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 1, log[-3000:]
-    records = list(sweep_dir.glob("*/record.json"))
-    assert len(records) == 1
-    assert json.loads(records[0].read_text())["config"]["optimizer"]["lr"] == 0.01
+    records = {json.loads(p.read_text())["status"]: json.loads(p.read_text()) for p in sweep_dir.glob("*/record.json")}
+    assert sorted(records) == ["completed", "failed"]  # the failed job's record says so, with its error
+    assert records["completed"]["config"]["optimizer"]["lr"] == 0.01
+    assert records["failed"]["error"] == "optimizer.lr must be positive, got -1"
     outcomes = [json.loads(line) for line in (sweep_dir / "sweep_jobs.jsonl").read_text().splitlines()]
     assert [o["status"] for o in outcomes] == ["failed", "trained"]
     assert "optimizer.lr must be positive" in outcomes[0]["reason"]

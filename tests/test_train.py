@@ -97,10 +97,13 @@ def test_cli_multirun_two_points(tmp_path):
 )
 def test_cli_bad_input_is_one_clear_line(override, needle, tmp_path):
     proc = run_cli([*TINY, override, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mlet-train: error: "), proc.stderr
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "run" / "record.json").exists()
+    record = tmp_path / "run" / "record.json"
+    assert not record.exists() or json.loads(record.read_text())["status"] == "failed"
 
 
 def test_unknown_group_option_lists_the_choices(tmp_path):

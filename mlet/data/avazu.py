@@ -32,10 +32,11 @@ from typing import Iterator
 import numpy as np
 
 from mlet.data import splits as S
-from mlet.data.parsing import Chunk, ParseContext, RawFileError
+from mlet.data.parsing import Chunk, ParseContext
 from mlet.data.segments import Segment, text_segments
 from mlet.data.source import PreparedSource
 from mlet.data.textparse import decode_int, decode_label, decode_token, open_binary, read_header
+from mlet.errors import InputError
 
 COLUMNS = ["id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id",
            "app_domain", "app_category", "device_id", "device_ip", "device_model", "device_type",
@@ -113,7 +114,7 @@ class Avazu(PreparedSource):
             names = []
         missing = [c for c in COLUMNS if c not in names]
         if missing:
-            raise RawFileError(
+            raise InputError(
                 f"{self.path}, line 1: the header must name the Avazu columns {','.join(COLUMNS)}; "
                 f"missing {missing} in {raw[:200]!r}"
             )

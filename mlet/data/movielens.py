@@ -32,8 +32,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from mlet.data import splits as S
-from mlet.errors import MletError
-from mlet.data.parsing import Chunk, ParseContext, RawFileError
+from mlet.errors import InputError, MletError
+from mlet.data.parsing import Chunk, ParseContext
 from mlet.data.segments import Segment
 from mlet.data.source import DataOptionError, PreparedSource
 from mlet.data.textparse import token_keys
@@ -100,13 +100,13 @@ def read_atomic(path: Path, required: Sequence[str], ctx: ParseContext, floats: 
     if lines and lines[-1] == b"":
         lines.pop()
     if not lines:
-        raise RawFileError(f"{path} is empty")
+        raise InputError(f"{path}: empty file (a header line naming the columns is needed)")
     header = lines[0].rstrip(b"\r").decode("utf-8", errors="replace").split("\t")
     names = [h.split(":", 1)[0] for h in header]
     col = {n: i for i, n in enumerate(names)}
     missing = [r for r in required if r not in col]
     if missing:
-        raise RawFileError(f"{path}, line 1: the header {header} lacks the column(s) {missing}")
+        raise InputError(f"{path}, line 1: the header {header} lacks the column(s) {missing}")
     float_cols = [col[f] for f in floats]
     rows, numbers = [], []
     for number, raw in enumerate(lines[1:], start=2):

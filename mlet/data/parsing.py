@@ -53,11 +53,6 @@ class BadLineError(MletError, ValueError):
         return (BadLineError, (self.path, self.line, self.field, self.reason, self.segment, self.local, self.hint))
 
 
-class RawFileError(MletError, ValueError):
-    """A raw file that is not of its source's format as a whole (a header without the expected
-    columns, an empty file); the message names the file."""
-
-
 @dataclass
 class Chunk:
     """Parsed rows: ``label[n]`` (0/1), ``dense[n, D]`` (final values), ``keys[n, F]`` (int64

@@ -42,6 +42,7 @@ from mlet.data import splits as S
 from mlet.data.parsing import MAX_EXAMPLES, BadLineError
 from mlet.data.segments import Segment, first_lines, lines_before
 from mlet.data.workers import ProgressBar, run_tasks
+from mlet.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlet.data.source import PreparedSource
@@ -179,7 +180,8 @@ def parse_phase(source: "PreparedSource", segs: list[Segment], tmp: Path) -> Par
     _absolute_line_numbers(reports, segs)
     rows = [r["rows"] for r in reports]
     if sum(rows) == 0:
-        raise ValueError(f"{source.name}: no rows were parsed from {[s.path for s in segs]}")
+        raise InputError(f"{', '.join(sorted({str(s.path) for s in segs}))}: no data rows (empty input file?); "
+                         f"{source.name} parsed nothing from it")
     rows_per_file = [0] * (max(s.file_index for s in segs) + 1)
     for s, r in zip(segs, rows):
         rows_per_file[s.file_index] += r

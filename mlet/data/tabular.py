@@ -23,10 +23,11 @@ import pandas as pd
 import pyarrow as pa
 
 from mlet.data import splits as S
-from mlet.data.parsing import BadLineError, Chunk, ParseContext, RawFileError
+from mlet.data.parsing import BadLineError, Chunk, ParseContext
 from mlet.data.segments import LimitedReader, Segment, text_segments
 from mlet.data.source import DataOptionError, PreparedSource
 from mlet.data.textparse import PAD, decode_token, open_binary, read_header
+from mlet.errors import InputError
 
 SPLIT_VALUES = {"train": S.TRAIN, "val": S.VAL, "valid": S.VAL, "validation": S.VAL, "test": S.TEST}
 NULL_INT_KEY = np.iinfo(np.int64).min  # a missing value of an integer categorical column
@@ -288,7 +289,7 @@ class Tabular(PreparedSource):
         pf = pq.ParquetFile(path)
         missing = [c for c in self.columns if c not in pf.schema_arrow.names]
         if missing:
-            raise RawFileError(f"{path}: no column(s) {missing}; it has {pf.schema_arrow.names}")
+            raise InputError(f"{path}: no column(s) {missing}; it has {pf.schema_arrow.names}")
         row = 0
         size = path.stat().st_size
         for batch in pf.iter_batches(batch_size=max(1024, self.block_bytes // 64), columns=self.columns):
@@ -304,7 +305,7 @@ class Tabular(PreparedSource):
             names = [h.strip('"') for h in header]
             missing = [c for c in self.columns if c not in names]
             if missing:
-                raise RawFileError(f"{path}, line 1: no column(s) {missing} in the header {names}")
+                raise InputError(f"{path}, line 1: no column(s) {missing} in the header {names}")
             batches = self._csv_batches(segment, names, ctx)
         else:
             batches = self._parquet_batches(path)

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from rawdata import write_movielens
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
+from tests.conftest import run_script
+
+CONF = Path(str(files("mlet.conf")))  # the packaged configs, as mlet-prepare finds them
 SOURCES = {
     "criteo_kaggle": "mlet.data.criteo.CriteoKaggle",
     "criteo_terabyte": "mlet.data.criteo.CriteoTerabyte",
@@ -27,7 +27,7 @@ SOURCES = {
 
 def compose_prepare(overrides):
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_module(config_module="mlet.conf", version_base="1.3"):
         return compose(config_name="prepare", overrides=overrides)
 
 
@@ -68,19 +68,18 @@ def test_cli_prepares_and_writes_nothing_in_the_working_directory(tmp_path):
     folder = write_movielens(tmp_path / "ml", n_ratings=200)
     work = tmp_path / "work"
     work.mkdir()
-    env = {**os.environ, "MLET_DATA_DIR": str(tmp_path / "cache"), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    run = subprocess.run([sys.executable, "-m", "mlet.prepare", "data=movielens100k", f"data.path={folder}"],
-                         cwd=work, env=env, capture_output=True, text=True, timeout=120)
+    env = {"MLET_DATA_DIR": str(tmp_path / "cache")}
+    run = run_script("mlet-prepare", ["data=movielens100k", f"data.path={folder}"], cwd=work, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     path = Path(run.stdout.strip().splitlines()[-1])
     assert path.parent == tmp_path / "cache" and (path / "meta.json").is_file()
     assert "positive rate" in run.stderr  # the summary table
     assert list(work.iterdir()) == []
-    # a bad line: one message, exit status 1
+    # a bad line: one message, exit status 2
     inter = folder / "ml-100k.inter"
     inter.write_text(inter.read_text() + "1\t2\tx\t3\n")
-    run = subprocess.run([sys.executable, "-m", "mlet.prepare", "data=movielens100k", f"data.path={folder}",
-                          "data.progress=false"], cwd=work, env=env, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1
-    assert f"{inter}, line 202, field 3 (rating): not a number: 'x'" in run.stderr
+    run = run_script("mlet-prepare", ["data=movielens100k", f"data.path={folder}", "data.progress=false"],
+                     cwd=work, env=env, timeout=120)
+    assert run.returncode == 2
+    assert f"mlet-prepare: error: {inter}, line 202, field 3 (rating): not a number: 'x'" in run.stderr
     assert "Traceback" not in run.stderr

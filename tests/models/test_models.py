@@ -8,6 +8,7 @@ does: ``instantiate(cfg)(num_fields=F, embed_dim=d, num_dense=D)``.
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from mlet.embeddings import MLETEmbedding, SingleLayerEmbedding
 from mlet.metrics import auc
 from mlet.module import CTRNet
 
-MODEL_CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
+MODEL_CONF = Path(str(files("mlet.conf") / "model"))  # the packaged configs, as mlet-train finds them
 NAMES = sorted(p.stem for p in MODEL_CONF.glob("*.yaml"))
 
 # Tiny widths for speed; every key must already exist in the yaml (checked by ``compose``).
