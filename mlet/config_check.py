@@ -87,7 +87,10 @@ def check_node(key: str, node: DictConfig) -> None:
             raise ConfigError(f"{key}.{name}={value!r}: expected {getattr(annotation, '__name__', annotation)}")
 
 
-def check_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "datamodule", "embedding", "model", "optimizer", "trainer")) -> None:
+def check_config(
+    cfg: DictConfig,
+    groups: tuple[str, ...] = ("data", "datamodule", "embedding", "model", "optimizer", "lr_scheduler", "trainer"),
+) -> None:
     for group in groups:
         node = cfg.get(group)
         if isinstance(node, DictConfig) and "_target_" in node:
@@ -102,7 +105,11 @@ def check_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "datamodule
         raise ConfigError(f"keep_last_checkpoint={cfg.keep_last_checkpoint!r}: expected auto, true or false")
     # ranges: build the embedding and the model once on a toy two-field schema
     try:
+        from mlet.module import CTRModule, init_model_  # noqa: PLC0415 - only needed here
+
         embedding = instantiate(cfg.embedding)(cardinalities=[2, 3])
-        instantiate(cfg.model)(num_fields=2, embed_dim=embedding.dim, num_dense=1)
+        model = instantiate(cfg.model)(num_fields=2, embed_dim=embedding.dim, num_dense=1)
+        init_model_(model, cfg.get("model_init", "default"))
+        CTRModule(embedding, model, embedding_l2=cfg.get("embedding_l2", 0.0))
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc

@@ -23,7 +23,7 @@ from mlet import resume, sweep
 from mlet.callbacks import LogProgress
 from mlet.config_check import check_config
 from mlet.errors import MletError
-from mlet.module import CTRModule
+from mlet.module import CTRModule, init_model_
 from mlet.records import RECORD_NAME, write_record
 
 log = logging.getLogger("mlet.train")
@@ -40,7 +40,12 @@ def build_module(cfg: DictConfig, cardinalities: list[int], num_dense: int) -> C
     """The Lightning module for a data schema: the embedding first, then the model sized by it."""
     embedding = instantiate(cfg.embedding)(cardinalities=cardinalities)
     model = instantiate(cfg.model)(num_fields=len(cardinalities), embed_dim=embedding.dim, num_dense=num_dense)
-    return CTRModule(embedding=embedding, model=model, optimizer=instantiate(cfg.optimizer))
+    init_model_(model, cfg.get("model_init", "default"))
+    scheduler = cfg.get("lr_scheduler")
+    return CTRModule(
+        embedding=embedding, model=model, optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=instantiate(scheduler) if scheduler else None, embedding_l2=cfg.get("embedding_l2", 0.0),
+    )
 
 
 def build(cfg: DictConfig):

@@ -23,7 +23,27 @@ from torch import nn
 
 from mlet.embeddings import FieldEmbedding
 from mlet.metrics import auc, logloss
-from mlet.optim import SparseAwareOptimizer
+from mlet.optim import SparseAwareOptimizer, clip_gradients_
+
+MODEL_INITS = ("default", "xavier")
+
+
+def init_model_(model: nn.Module, scheme: str) -> None:
+    """Initialise the dense layers of a CTR model in place.
+
+    ``default``: leave PyTorch's init (Kaiming-uniform weights, uniform biases) as built.
+    ``xavier``: every ``nn.Linear`` weight Xavier-normal, its bias zero (FuxiCTR/BARS). Other
+    parameters (e.g. cross-network weights held as plain tensors) keep their own init.
+    """
+    if scheme not in MODEL_INITS:
+        raise ValueError(f"model_init must be one of {', '.join(MODEL_INITS)}; got {scheme!r}")
+    if scheme == "default":
+        return
+    for layer in model.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_normal_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 class CTRNet(nn.Module):
@@ -47,6 +67,17 @@ class CTRModule(pl.LightningModule):
         optimiser and everything else to the dense one. A plain ``params -> Optimizer`` callable
         (a Hydra ``_partial_``) also works: it gets every parameter and the embedding is left as is.
         Default: SparseAdam(lr=1e-3) on the tables, Adam(lr=1e-3) on the rest (``optimizer=sparse_adam``).
+    lr_scheduler: ``optimizer -> scheduler`` (a Hydra ``_partial_``, ``conf/lr_scheduler``) or None.
+        Stepped once per epoch after validation; a ``ReduceLROnPlateau`` watches ``val_auc`` (its
+        ``mode`` must be ``max``). It changes the learning rate of every parameter group, the
+        dense and the sparse optimiser's alike.
+    embedding_l2: L2 penalty on the embedding rows the batch looks up. Added to the batch's mean
+        log loss: ``embedding_l2 / 2 * sum over the DISTINCT rows r looked up in the batch of
+        ||e_r||^2``, with ``e_r`` the row of the collapsed table (single-layer ``W_r``; MLET
+        ``A_r B_f``), each distinct row counted once however often the batch uses it. Its gradient
+        on a looked-up row is ``embedding_l2 * e_r``, what FuxiCTR's ``embedding_regularizer`` gives
+        every row at every step; rows absent from the batch get none (FuxiCTR penalises the whole
+        table each step, a dense gradient that a sparse optimiser cannot take). 0 disables it.
     """
 
     def __init__(
@@ -54,8 +85,14 @@ class CTRModule(pl.LightningModule):
         embedding: FieldEmbedding,
         model: nn.Module,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+        embedding_l2: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(embedding_l2, bool) or not isinstance(embedding_l2, (int, float)) or embedding_l2 < 0:
+            raise ValueError(f"embedding_l2 must be a number >= 0, got {embedding_l2!r}")
+        self.embedding_l2 = float(embedding_l2)
+        self.lr_scheduler_factory = lr_scheduler
         self.net = CTRNet(embedding, model)
         if optimizer is None:  # the default of conf/optimizer: SparseAdam on the tables, Adam elsewhere
             optimizer = SparseAwareOptimizer(partial(torch.optim.Adam), partial(torch.optim.SparseAdam), lr=1e-3)
@@ -80,7 +117,12 @@ class CTRModule(pl.LightningModule):
     # ---- training ------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         dense, cat, label = batch
-        loss = F.binary_cross_entropy_with_logits(self(dense, cat), label)
+        embedded = self.net.embedding(cat)
+        loss = F.binary_cross_entropy_with_logits(self.net.model(embedded, dense), label)
+        if self.embedding_l2:
+            penalty = self.embedding_penalty(cat, embedded)
+            self.log("train_embedding_l2", penalty.detach(), on_step=False, on_epoch=True, batch_size=len(label))
+            loss = loss + penalty
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}: "
@@ -89,15 +131,42 @@ class CTRModule(pl.LightningModule):
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(label))
         return loss
 
+    def embedding_penalty(self, cat: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """``embedding_l2 / 2 * sum_{distinct rows r of the batch} ||e_r||^2`` from the looked-up
+        vectors ``embedded[B, F, d]``: each lookup weighted by 1 / (uses of its row in the batch),
+        so a row used c times counts once (same value and gradient as looking each row up once)."""
+        rows = self.embedding.rows(cat)
+        _, inverse, counts = torch.unique(rows, return_inverse=True, return_counts=True)
+        weight = 1.0 / counts[inverse].to(embedded.dtype)  # [B, F]
+        return 0.5 * self.embedding_l2 * (embedded.pow(2).sum(-1) * weight).sum()
+
     def configure_optimizers(self):
         trainable = [p for p in self.parameters() if p.requires_grad]
         factory = self.optimizer_factory
         if not hasattr(factory, "build"):
-            return factory(trainable)
-        sparse_ids = {id(p) for p in self.embedding.sparse_parameters()}  # the tables (sparse or not)
-        return factory.build(
-            [p for p in trainable if id(p) not in sparse_ids], [p for p in trainable if id(p) in sparse_ids]
-        )
+            optimizer = factory(trainable)
+        else:
+            sparse_ids = {id(p) for p in self.embedding.sparse_parameters()}  # the tables (sparse or not)
+            optimizer = factory.build(
+                [p for p in trainable if id(p) not in sparse_ids], [p for p in trainable if id(p) in sparse_ids]
+            )
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler.mode != "max":
+            raise ValueError(f"lr_scheduler.mode must be max (it watches val_auc), got {scheduler.mode!r}")
+        # Lightning steps it after each validation, with val_auc for a plateau scheduler
+        config = {"scheduler": scheduler, "interval": "epoch", "frequency": 1, "monitor": "val_auc", "strict": True}
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """``trainer.gradient_clip_val``: Lightning's own clipping (``torch.nn.utils.clip_grad_norm_``)
+        cannot read the tables' sparse gradients; :func:`mlet.optim.clip_gradients_` clips dense and
+        sparse gradients together (one global norm, as torch computes it for dense ones)."""
+        if gradient_clip_val is None or gradient_clip_val == 0:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        clip_gradients_(params, float(gradient_clip_val), gradient_clip_algorithm or "norm")
 
     # ---- evaluation on the collapsed model ---------------------------------------------------
     def _start_eval(self, stage: str) -> None:

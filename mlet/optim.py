@@ -199,3 +199,33 @@ class SparseAwareOptimizer:
         sparse = _name(self.sparse) if self.sparse is not None else None
         scale = f", table_lr_scale={self.table_lr_scale:g}" if self.table_lr_scale != 1.0 else ""
         return f"SparseAwareOptimizer(dense={_name(self.dense)}, sparse={sparse}, lr={self.lr}{scale})"
+
+
+@torch.no_grad()
+def clip_gradients_(params: Iterable[nn.Parameter], clip_val: float, algorithm: str = "norm") -> torch.Tensor | None:
+    """Clip the gradients of ``params`` in place, sparse (row-sparse tables) and dense alike.
+
+    ``norm``: scale every gradient by ``clip_val / (total_norm + 1e-6)`` when that is below 1, with
+    ``total_norm`` the 2-norm of all gradients together, as ``torch.nn.utils.clip_grad_norm_``
+    does (which refuses sparse gradients); returns ``total_norm``. A sparse gradient is coalesced
+    first (repeated rows summed), so its norm is that of the dense gradient it stands for.
+    ``value``: clamp every entry to ``[-clip_val, clip_val]``.
+    """
+    if algorithm not in ("norm", "value"):
+        raise ValueError(f"trainer.gradient_clip_algorithm must be norm or value, got {algorithm!r}")
+    with_grad = [p for p in params if p.grad is not None]
+    for p in with_grad:
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+    if algorithm == "value":
+        for p in with_grad:
+            (p.grad.values() if p.grad.is_sparse else p.grad).clamp_(-clip_val, clip_val)
+        return None
+    if not with_grad:
+        return torch.tensor(0.0)
+    grads = [p.grad.values() if p.grad.is_sparse else p.grad for p in with_grad]
+    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    coef = torch.clamp(clip_val / (total + 1e-6), max=1.0)
+    for g in grads:  # a coalesced sparse gradient's values() is its storage: scaled in place
+        g.mul_(coef.to(g.device))
+    return total

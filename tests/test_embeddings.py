@@ -68,19 +68,20 @@ def test_non_positive_dims_are_refused(bad):
 
 
 def test_unknown_init_is_refused():
-    with pytest.raises(ValueError, match="scaled, authors"):
+    with pytest.raises(ValueError, match="scaled, authors, balanced"):
         MLETEmbedding([5], 2, 4, init="xavier")
 
 
 @pytest.mark.parametrize("inner", [16, 64, 256])
 def test_init_scales(inner):
     n, d = 20000, 8
+    uniform = {"table_init": "uniform", "init_std": None}  # DLRM's table init, +-sqrt(1/n_f)
     torch.manual_seed(0)
-    single = SingleLayerEmbedding([n], d).table.weight
+    single = SingleLayerEmbedding([n], d, **uniform).table.weight
     assert single.var().item() == pytest.approx(1 / (3 * n), rel=0.05)
-    scaled = MLETEmbedding([n], d, inner, init="scaled").collapsed_weight()
+    scaled = MLETEmbedding([n], d, inner, init="scaled", **uniform).collapsed_weight()
     assert scaled.var().item() == pytest.approx(1 / (3 * n), rel=0.15)
-    authors = MLETEmbedding([n], d, inner, init="authors").collapsed_weight()
+    authors = MLETEmbedding([n], d, inner, init="authors", **uniform).collapsed_weight()
     # k * Var(A) * 0.25^2 = k / 16 times the single-layer variance
     assert authors.var().item() == pytest.approx(inner / 16 / (3 * n), rel=0.15)
 

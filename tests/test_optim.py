@@ -28,10 +28,11 @@ def _one_thread():
 
 def make_module(kind: str, optimizer, seed: int = 0) -> CTRModule:
     torch.manual_seed(seed)
+    uniform = {"table_init": "uniform", "init_std": None}  # written for DLRM's table init (+-sqrt(1/n_f))
     if kind == "mlet":
-        emb = MLETEmbedding(CARDS, 4, 16)
+        emb = MLETEmbedding(CARDS, 4, 16, **uniform)
     else:
-        emb = SingleLayerEmbedding(CARDS, 4)
+        emb = SingleLayerEmbedding(CARDS, 4, **uniform)
     model = DLRM(len(CARDS), 4, num_dense=3, bottom_mlp=[8], top_mlp=[16])
     return CTRModule(emb, model, optimizer=optimizer)
 

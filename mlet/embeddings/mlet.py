@@ -4,18 +4,26 @@ There is no bias and no activation between the two factors, so after training th
 exactly into the single ``n_f x d`` table ``A_f B_f`` (``collapse()``); the deployed model has the
 size of a single-layer model of dimension d.
 
-Initialisation (``init``), with ``A_f`` always uniform in ``+-sqrt(1/n_f)`` (variance ``1/(3 n_f)``,
-DLRM's table default), differs only in ``B``:
+Initialisation. ``table_init`` / ``init_std`` state the scale the product ``A B`` starts at, the same
+rule a single-layer table is drawn by (:mod:`mlet.embeddings.init`: ``normal`` with std
+``init_std``, or DLRM's ``uniform`` in ``+-sqrt(1/n_f)``). ``A_f`` is drawn by that rule; ``init``
+chooses how the scale is split between the factors:
 
 * ``scaled`` (default): ``B`` normal with std ``1/sqrt(k)``. Each entry of ``A B`` is a sum of k
-  products, so its variance is ``k * 1/(3 n_f) * 1/k = 1/(3 n_f)``: the product starts at exactly
-  the scale of the single-layer table it replaces, whatever k is, and ``B^T B`` starts near the
-  identity, so the row-wise part of the update on ``W`` starts at the single-layer learning rate.
-  A comparison against a single-layer table then starts from the same point.
+  products, so its variance is ``k * Var(A) * 1/k = Var(A)``: the product starts at exactly the
+  scale of the single-layer table it replaces, whatever k is (also for a low-rank k < d), and
+  ``B^T B`` starts near the identity, so the row-wise part of the update on ``W`` starts at the
+  single-layer learning rate. A comparison against a single-layer table then starts from the
+  same point.
 * ``authors``: ``B`` normal with std 0.25, as in the authors' public DLRM fork. The product's
-  variance is ``k/16`` times the single-layer one (2x the std at k=64) and ``B^T B ~ (k/16) I``,
-  so MLET also multiplies the table's effective learning rate by about ``k/16``: part of a gain
-  measured with it can be a learning-rate effect (see DESIGN.md).
+  variance is ``k/16`` times the stated one (2x the std at k=64) and ``B^T B ~ (k/16) I``, so MLET
+  also multiplies the table's effective learning rate by about ``k/16``: part of a gain measured
+  with it can be a learning-rate effect.
+* ``balanced``: the product drawn exactly as under ``scaled``, then re-factored (thin SVD, a random
+  orthonormal basis) into ``A B`` with ``A^T A = B B^T`` (per field; over all fields with
+  ``share_projection``): the same starting product, balanced factors. Both factors then have rank
+  at most d (a balanced pair cannot have more): under plain SGD they stay in that d-dimensional
+  subspace of the k inner dimensions; Adam's per-coordinate steps leave it.
 """
 
 from __future__ import annotations
@@ -27,16 +35,18 @@ import torch
 from torch import nn
 
 from mlet.embeddings.base import FieldEmbedding, check_dim, check_eval_mode
-from mlet.embeddings.single import SingleLayerEmbedding, init_uniform_per_field
+from mlet.embeddings.init import balance_, check_table_init, init_table_
+from mlet.embeddings.single import SingleLayerEmbedding
 
-INITS = ("scaled", "authors")
+INITS = ("scaled", "authors", "balanced")
 # eval_mode=auto gathers instead of collapsing when the collapsed table would hold more entries
 # than this (2^26 float32 = 256 MiB): building it at every validation then costs real memory.
 AUTO_GATHER_ENTRIES = 2**26
 
 
 def projection_std(init: str, inner_dim: int) -> float:
-    if init == "scaled":
+    """The std ``B`` is drawn with (``balanced`` draws as ``scaled``, then re-factors)."""
+    if init in ("scaled", "balanced"):
         return 1.0 / math.sqrt(inner_dim)
     if init == "authors":
         return 0.25
@@ -53,7 +63,10 @@ class MLETEmbedding(FieldEmbedding):
             different method, and is refused).
         share_projection: one ``B`` (k x d) for all fields instead of one per field.
         train_projection: train ``B``; ``False`` keeps it fixed at its random initialisation.
-        init: ``scaled`` or ``authors``, see the module docstring.
+        init: ``scaled``, ``authors`` or ``balanced``: how the product's scale is split between
+            ``A`` and ``B`` (module docstring).
+        table_init, init_std: the scale the product starts at, the rule of a single-layer table
+            (default ``normal`` with std 1e-4; ``uniform``: ``+-sqrt(1/n_f)``, ``init_std`` None).
         sparse: sparse row gradients for the large ``A`` tables (normally set from the optimiser).
         eval_mode: how evaluation computes the collapsed model's outputs. ``collapse``: build the
             ``n x d`` table ``A B`` once per validation/test and look rows up in it. ``gather``:
@@ -74,6 +87,8 @@ class MLETEmbedding(FieldEmbedding):
         init: str = "scaled",
         sparse: bool = False,
         eval_mode: str = "auto",
+        table_init: str = "normal",
+        init_std: float | None = 1e-4,
     ) -> None:
         super().__init__(cardinalities, dim)
         self.eval_mode = check_eval_mode(eval_mode)
@@ -85,10 +100,21 @@ class MLETEmbedding(FieldEmbedding):
         self.share_projection = bool(share_projection)
         self.init = init
         std = projection_std(init, self.inner_dim)
+        check_table_init(table_init, init_std)
+        self.table_init, self.init_std = table_init, init_std
         self.inner = nn.Embedding(self.total_rows, self.inner_dim, sparse=sparse)
-        init_uniform_per_field(self.inner.weight, self.cardinalities)
+        init_table_(self.inner.weight, self.cardinalities, table_init, init_std)
         shape = (self.inner_dim, self.dim) if self.share_projection else (self.num_fields, self.inner_dim, self.dim)
         self.projection = nn.Parameter(torch.randn(shape) * std, requires_grad=bool(train_projection))
+        if init == "balanced":
+            self._balance()
+
+    def _balance(self) -> None:
+        if self.share_projection:
+            balance_(self.inner.weight.data, self.projection.data)
+            return
+        for f, a in enumerate(torch.split(self.inner.weight.data, self.cardinalities)):
+            balance_(a, self.projection.data[f])
 
     def _check_inner_dim(self) -> None:
         if self.inner_dim < self.dim:
@@ -166,7 +192,8 @@ class MLETEmbedding(FieldEmbedding):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, inner_dim={self.inner_dim}, share_projection={self.share_projection}, "
-            f"init={self.init}, train_projection={self.projection.requires_grad}, eval_mode={self.eval_mode}"
+            f"init={self.init}, table_init={self.table_init}, init_std={self.init_std}, "
+            f"train_projection={self.projection.requires_grad}, eval_mode={self.eval_mode}"
         )
 
 

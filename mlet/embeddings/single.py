@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from mlet.embeddings.base import FieldEmbedding, check_eval_mode
-
-
-def init_uniform_per_field(weight: torch.Tensor, cardinalities: Sequence[int], generator=None) -> None:
-    """DLRM's table initialisation: field ``f`` uniform in ``+-sqrt(1/n_f)``.
-
-    Each entry then has variance ``1 / (3 n_f)``.
-    """
-    start = 0
-    with torch.no_grad():
-        for n in cardinalities:
-            bound = math.sqrt(1.0 / n)
-            weight[start : start + n].uniform_(-bound, bound, generator=generator)
-            start += n
+from mlet.embeddings.init import check_table_init, init_table_
 
 
 class SingleLayerEmbedding(FieldEmbedding):
@@ -35,6 +22,9 @@ class SingleLayerEmbedding(FieldEmbedding):
             sweep can set ``embedding.inner_dim`` for both embedding types.
         eval_mode: checked, otherwise ignored (a single-layer table is its own collapsed form);
             accepted for the same reason.
+        table_init, init_std: how the table is drawn, ``normal`` with std ``init_std`` (default
+            ``N(0, 1e-4^2)``, BARS/FuxiCTR) or ``uniform`` in ``+-sqrt(1/n_f)`` (DLRM's; then
+            ``init_std`` is None); see :mod:`mlet.embeddings.init`.
     """
 
     kind = "single"
@@ -46,11 +36,15 @@ class SingleLayerEmbedding(FieldEmbedding):
         sparse: bool = False,
         inner_dim: int | None = None,
         eval_mode: str = "auto",
+        table_init: str = "normal",
+        init_std: float | None = 1e-4,
     ) -> None:
         super().__init__(cardinalities, dim)
         check_eval_mode(eval_mode)
+        check_table_init(table_init, init_std)
+        self.table_init, self.init_std = table_init, init_std
         self.table = nn.Embedding(self.total_rows, self.dim, sparse=sparse)
-        init_uniform_per_field(self.table.weight, self.cardinalities)
+        init_table_(self.table.weight, self.cardinalities, table_init, init_std)
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         return self.table(self.rows(indices))

@@ -92,9 +92,10 @@ def test_config_cites_its_source(name):
 
 
 def _embedding(kind: str, d: int):
+    uniform = {"table_init": "uniform", "init_std": None}  # written for DLRM's table scale, +-sqrt(1/n_f)
     if kind == "single":
-        return SingleLayerEmbedding(CARDINALITIES, d)
-    return MLETEmbedding(CARDINALITIES, d, inner_dim=max(8, 2 * d))
+        return SingleLayerEmbedding(CARDINALITIES, d, **uniform)
+    return MLETEmbedding(CARDINALITIES, d, inner_dim=max(8, 2 * d), **uniform)
 
 
 @pytest.mark.parametrize("d", [1, 4, 16])
