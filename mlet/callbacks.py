@@ -407,8 +407,8 @@ class LogProgress(pl.Callback):
         last = history[-1]
         best = max(history, key=lambda h: h["val_auc"] if h["val_auc"] == h["val_auc"] else float("-inf"))
         log.info(
-            "epoch %d/%s validated: val_auc %.5f val_logloss %.5f (best %.5f at epoch %d) | %s elapsed",
+            "epoch %d/%s validated: val_auc %.5f val_logloss %.5f (best %.5f, best_epoch=%d) | %s elapsed",
             last["epoch"] + 1, trainer.max_epochs if trainer.max_epochs not in (None, -1) else "-",
-            last["val_auc"], last["val_logloss"], best["val_auc"], best["epoch"] + 1,
+            last["val_auc"], last["val_logloss"], best["val_auc"], best["epoch"],  # 0-based, as record and checkpoints
             _duration(time.perf_counter() - self._fit_started),
         )

@@ -47,6 +47,7 @@ def test_the_readme_starts_with_the_two_commands():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the main job, a run, a 30-job sweep, a MovieLens run: ~11 min at load 1
 def test_readme_commands_run_as_written(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in {"MLET_DATA_DIR", "HYDRA_FULL_ERROR"}}
     env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", WANDB_MODE="offline")
