@@ -31,12 +31,14 @@ def _one_line_error(proc: subprocess.CompletedProcess, prog: str) -> str:
 
 
 # ---- packaging ---------------------------------------------------------------------------------
-def test_pyproject_lists_every_package_and_maps_the_configs():
+def test_the_configs_are_a_real_package_and_conf_links_to_it():
+    """mlet.conf is a folder inside mlet/ (not a path mapping, which .pth-based editable installs
+    lose); the top-level conf/ is a link to it."""
+    assert (ROOT / "mlet" / "conf" / "__init__.py").is_file() and not (ROOT / "mlet" / "conf").is_symlink()
+    assert (ROOT / "conf").is_symlink() and (ROOT / "conf").resolve() == (ROOT / "mlet" / "conf").resolve()
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    source = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "mlet").rglob("__init__.py")}
-    assert set(project["packages"]) == source | {"mlet.conf"}
-    assert project["package-dir"]["mlet.conf"] == "conf"
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "package-dir" not in setuptools and setuptools["packages"]["find"]["include"] == ["mlet*"]
 
 
 def test_configs_come_from_the_package_not_a_path():
@@ -45,7 +47,7 @@ def test_configs_come_from_the_package_not_a_path():
     import mlet.train
 
     assert cli.CONFIG_PATH == "pkg://mlet.conf"
-    assert Path(mlet.conf.__file__).parent == ROOT / "conf"
+    assert Path(mlet.conf.__file__).parent == ROOT / "mlet" / "conf"
     assert not hasattr(mlet.train, "CONFIG_DIR")
 
 
@@ -60,6 +62,32 @@ def test_the_wheel_holds_every_config(tmp_path):
     configs = {"mlet/conf/" + str(p.relative_to(ROOT / "conf")) for p in (ROOT / "conf").rglob("*.yaml")}
     assert len(configs) > 40 and configs <= names
     assert "mlet/conf/__init__.py" in names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["compat", "strict"])
+def test_every_command_runs_from_outside_after_an_editable_install_of_each_mode(mode, tmp_path):
+    """``pip install -e .`` as setuptools does it in its .pth-based ``compat`` mode and in ``strict``
+    mode (``lenient``, the default, is the suite's own environment): each console script of the fresh
+    venv answers ``--help`` from a directory outside the repository. The venv reads the dependencies
+    from this one's site-packages (a plain path in a .pth file) instead of installing them again."""
+    import sysconfig
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    Path(purelib, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT),
+                    "--config-settings", f"editable_mode={mode}"], check=True, capture_output=True, timeout=600)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in SCRIPTS:
+        proc = subprocess.run([str(venv / "bin" / name), "--help"], cwd=elsewhere, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, f"{mode}: {name} --help: {proc.stderr[-2000:]}"
+        assert "Traceback" not in proc.stderr
 
 
 # ---- every command from anywhere ---------------------------------------------------------------
