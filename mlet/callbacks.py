@@ -301,7 +301,7 @@ class PhaseTimer(pl.Callback):
         self._loaded = state_dict  # applied when a fit resumes, not when the best checkpoint is tested
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        loaded, self._loaded = getattr(self, "_loaded", None), None
+        loaded, self._loaded = self._loaded, None
         if loaded:
             self.seconds.update(loaded.get("seconds", {}))
             self.train_samples = int(loaded.get("train_samples", 0))
@@ -357,6 +357,7 @@ class LogProgress(pl.Callback):
         self._samples = 0
         self._fit_started = 0.0
         self._first_step = 0
+        self._logging = False  # decided once per fit (on_train_start), not on every batch
 
     def active(self, progress_bar_enabled: bool = True) -> bool:
         """Whether lines are logged; ``progress_bar_enabled``: the trainer config's setting."""
@@ -368,14 +369,15 @@ class LogProgress(pl.Callback):
         return trainer.is_global_zero and self.active(trainer.progress_bar_callback is not None)
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._logging = self._on(trainer)
         self._fit_started = self._last_time = time.perf_counter()
         self._first_step = self._last_step = int(trainer.global_step)
         self._samples = self._last_samples = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._samples += _batch_rows(batch) * trainer.world_size
-        if not self._on(trainer):
+        if not self._logging:
             return
+        self._samples += _batch_rows(batch) * trainer.world_size
         now, step = time.perf_counter(), int(trainer.global_step)
         by_steps = self.every_n_steps and step % self.every_n_steps == 0 and step != self._last_step
         by_time = self.every_seconds and now - self._last_time >= self.every_seconds

@@ -230,11 +230,7 @@ def _choices() -> dict[str, str]:
 
 def _choice(group: str, target: str) -> str:
     """The config option chosen for ``group`` (e.g. ``dlrm``); the class name outside Hydra."""
-    if HydraConfig.initialized():
-        choice = HydraConfig.get().runtime.choices.get(group)
-        if choice:
-            return str(choice)
-    return target.rsplit(".", 1)[-1]
+    return _choices().get(group) or target.rsplit(".", 1)[-1]
 
 
 def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
@@ -249,8 +245,11 @@ def validation_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     the best epoch's (highest val AUC, the first on a tie, as the best checkpoint keeps it)."""
     if not history:
         return {}
-    scored = [h for h in history if h.get("val_auc") is not None and h["val_auc"] == h["val_auc"]]
-    best = max(scored or history, key=lambda h: h["val_auc"] if h in scored else float("-inf"))
+    def auc(h: dict[str, Any]) -> float:  # a missing or NaN AUC never wins
+        value = h.get("val_auc")
+        return value if value is not None and value == value else float("-inf")
+
+    best = max(history, key=auc)  # the first on a tie
     last = history[-1]
     return {
         "val_auc": best["val_auc"], "val_logloss": best["val_logloss"], "best_epoch": best["epoch"],

@@ -108,7 +108,7 @@ def conflicts(cfg: DictConfig, saved: DictConfig, overrides: list[str]) -> list[
         return a == b
 
     found = []
-    for key in sorted({sweep._override_key(o) for o in overrides}):
+    for key in sorted({sweep.override_key(o) for o in overrides}):
         if key == "ckpt_path" or _changeable(key):
             continue
         node_keys = [k for k in flat_given.keys() | flat_run.keys() if k == key or k.startswith(key + ".")]
@@ -142,7 +142,7 @@ def restore_run_config(cfg: DictConfig) -> DictConfig:
             if key in cfg:
                 restored[key] = cfg[key]
         for override in _given_overrides():  # training length, early stopping, display: as given now
-            key = sweep._override_key(override)
+            key = sweep.override_key(override)
             node = "logger" if key.split(".")[0] == "logger" else key  # a logger chosen now replaces the run's
             if (_changeable(key) and not key.startswith("hydra.") and key.split(".")[0] not in CURRENT_KEYS
                     and OmegaConf.select(cfg, node, default=None) is not None):

@@ -96,7 +96,7 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def _override_key(override: str) -> str:
+def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("~+")
 
 
@@ -104,7 +104,7 @@ def other_overrides(task_overrides: list[str]) -> list[str]:
     """The job's overrides that its name does not already say and that can change its result."""
     out = []
     for o in task_overrides:
-        key = _override_key(o)
+        key = override_key(o)
         if key in NAMED_KEYS or key in NEUTRAL_KEYS or key.startswith(NEUTRAL_PREFIXES):
             continue
         out.append(o)

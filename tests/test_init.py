@@ -3,7 +3,6 @@ training recipe: embedding L2 on looked-up rows, lr cut on plateau, clipping of 
 
 import json
 import math
-from functools import partial
 
 import pytest
 import torch
@@ -13,18 +12,11 @@ from torch import nn
 from mlet.embeddings import LowRankEmbedding, MLETEmbedding, SingleLayerEmbedding
 from mlet.models.dlrm import DLRM
 from mlet.module import CTRModule, init_model_
-from mlet.optim import CombinedOptimizer, SparseAwareOptimizer, clip_gradients_
+from mlet.optim import CombinedOptimizer, clip_gradients_
 from tests.conftest import TINY, compose_cfg, run_cli
 
 UNIFORM = {"table_init": "uniform", "init_std": None}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---- embedding tables ---------------------------------------------------------------------------

@@ -17,14 +17,6 @@ from tests.conftest import TINY, compose_cfg
 CARDS = [40, 7, 300, 1000]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny tensors: intra-op threads only add synchronisation (and spin badly on a shared machine)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_module(kind: str, optimizer, seed: int = 0) -> CTRModule:
     torch.manual_seed(seed)
