@@ -83,7 +83,7 @@ def load_collapsed(target: str | Path) -> tuple[CTRNet, dict, Path]:
     except RuntimeError as exc:
         raise ExportError(f"{ckpt}: its weights do not fit the run's config.yaml and schema.json "
                           f"({str(exc).splitlines()[0]})") from None
-    net = CTRNet(module.embedding.collapse(), module.net.model).eval()
+    net = module.net.deployed().eval()
     spec = {"schema": schema, "data": OmegaConf.to_container(cfg.data, resolve=True),
             "embedding": module.embedding.kind, "dim": module.embedding.dim,
             "inner_dim": getattr(module.embedding, "inner_dim", None)}
@@ -160,7 +160,7 @@ def export(target: str | Path, out: str | Path | None = None) -> dict:
     sizes = {
         "embedding_parameters": embedding_params,
         "single_layer_embedding_parameters": sum(p.numel() for p in reference.parameters()),
-        "model_parameters": sum(p.numel() for p in net.model.parameters()),
+        "model_parameters": sum(p.numel() for p in net.parameters()) - embedding_params,
         "file_bytes": (out / EXPORT_NAME).stat().st_size,
     }
     spec = {**spec, "checkpoint": str(ckpt), "sizes": sizes, "inputs": ["dense[B, D] float32", "cat[B, F] int64"],

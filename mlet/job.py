@@ -261,7 +261,7 @@ def validation_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: str, seconds: float) -> dict:
     emb = module.embedding
-    model_params = sum(p.numel() for p in module.net.model.parameters())
+    model_params = sum(p.numel() for p in module.net.parameters()) - sum(p.numel() for p in emb.parameters())
     val = module.results.get("val", {})
     callback = best_checkpoint_callback(trainer)
     best = callback.best_model_score if callback is not None else None
