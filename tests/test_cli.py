@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 
 from mlet import cli, sweep
 from mlet.errors import InputError, MletError
-from tests.conftest import ROOT, TINY, compose_cfg, run_cli, run_script
+from tests.helpers import ROOT, TINY, compose_cfg, run_cli, run_script
 
 SCRIPTS = ["mlet-train", "mlet-prepare", "mlet-report", "mlet-export", "mlet-predict"]
 

@@ -13,7 +13,7 @@ from mlet.embeddings import LowRankEmbedding, MLETEmbedding, SingleLayerEmbeddin
 from mlet.models.dlrm import DLRM
 from mlet.module import CTRModule, init_model_
 from mlet.optim import CombinedOptimizer, clip_gradients_
-from tests.conftest import TINY, compose_cfg, run_cli
+from tests.helpers import TINY, compose_cfg, run_cli
 
 UNIFORM = {"table_init": "uniform", "init_std": None}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 MLET_TRAIN = str(Path(sys.executable).parent / "mlet-train")
 STEP_LINE = re.compile(r"epoch (\d+)/(\d+) batch \d+/\d+ step (\d+)/(\d+) \| \d+ samples/s \| loss \d\.\d{4} \| ETA \S+")

@@ -14,7 +14,7 @@ from mlet import sweep
 from mlet.records import write_record
 from mlet.report import main as report_main
 from mlet.job import run
-from tests.conftest import TINY, compose_cfg, run_cli
+from tests.helpers import TINY, compose_cfg, run_cli
 
 
 def _multirun(cfg, sweep_dir):
@@ -182,7 +182,7 @@ def test_a_failed_job_does_not_stop_the_sweep_and_fails_it_at_the_end(tmp_path):
 def test_reproduce_paper_script_dry_run():
     import subprocess
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_paper.sh"), "/c/train.txt", "/a/train",
                            "dlrm", "dcn"], env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"},
@@ -238,7 +238,7 @@ def test_run_skips_a_job_another_process_is_training(tmp_path):
 
     from mlet.sweep import LOCK_NAME
     from mlet.job import run
-    from tests.conftest import TINY, compose_cfg
+    from tests.helpers import TINY, compose_cfg
 
     cfg = compose_cfg(TINY, tmp_path)
     (tmp_path / LOCK_NAME).write_text(_json.dumps({"host": socket.gethostname(), "pid": 1}))  # pid 1 is alive
@@ -252,7 +252,7 @@ def test_record_write_errors_surface(tmp_path, monkeypatch):
     import os as _os
 
     from mlet.job import run
-    from tests.conftest import TINY, compose_cfg
+    from tests.helpers import TINY, compose_cfg
 
     real_replace = _os.replace
 

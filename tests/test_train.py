@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mlet.job import run
-from tests.conftest import TINY, compose_cfg, run_cli
+from tests.helpers import TINY, compose_cfg, run_cli
 
 REQUIRED = {
     "data", "model", "embedding", "dim", "inner_dim", "seed", "val_auc", "test_auc", "test_logloss",

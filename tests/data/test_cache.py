@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from rawdata import criteo_rows, write_criteo
+from tests.helpers.rawdata import criteo_rows, write_criteo
 
 import mlet.data.phases as phases
 from mlet.data.criteo import CriteoKaggle

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from rawdata import (
+from tests.helpers.rawdata import (
     bars_bucket_reference,
     assert_matches,
     criteo_line,

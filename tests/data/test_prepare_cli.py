@@ -10,9 +10,9 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from rawdata import write_movielens
+from tests.helpers.rawdata import write_movielens
 
-from tests.conftest import run_script
+from tests.helpers import run_script
 
 CONF = Path(str(files("mlet.conf")))  # the packaged configs, as mlet-prepare finds them
 SOURCES = {

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 import pytest
-from rawdata import AVAZU_HEADER, avazu_rows, criteo_line, criteo_rows, write_avazu, write_movielens
+from tests.helpers.rawdata import AVAZU_HEADER, avazu_rows, criteo_line, criteo_rows, write_avazu, write_movielens
 
 from mlet.data.avazu import Avazu
 from mlet.data.criteo import CriteoKaggle, CriteoTerabyte

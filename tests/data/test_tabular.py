@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pandas as pd
 import pytest
-from rawdata import AVAZU_HEADER, assert_matches, avazu_rows, random_split_names, token_order
+from tests.helpers.rawdata import AVAZU_HEADER, assert_matches, avazu_rows, random_split_names, token_order
 
 from mlet.data.pipeline import BadLineError
 from mlet.data.tabular import Tabular
