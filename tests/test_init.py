@@ -240,6 +240,7 @@ def test_clipping_sparse_gradients_matches_torch_on_the_dense_equivalent(max_nor
 
 
 # ---- the preset -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # starts processes
 def test_bars_recipe_preset_composes_and_trains_through_the_command(tmp_path):
     run_dir = tmp_path / "run"
     # a clip value small enough that clipping acts on every step (sparse table gradients included)

@@ -23,6 +23,7 @@ def mlet_train_to_file(args, cwd: Path) -> tuple[int, str]:
     return proc.returncode, log_file.read_text()
 
 
+@pytest.mark.slow  # starts processes
 def test_redirected_output_gets_progress_lines_and_a_naming_last_line(tmp_path):
     # the bar on, as by default: redirected output gets plain lines instead
     args = [o for o in TINY if "enable_progress_bar" not in o] + ["++callbacks.progress_log.every_n_steps=5"]

@@ -115,6 +115,7 @@ def test_header_is_checked(tmp_path):
         avazu(path, tmp_path / "cache").prepare()
 
 
+@pytest.mark.slow  # starts processes
 def test_parallel_segments_give_identical_arrays(tmp_path):
     rows = avazu_rows(800, seed=5)
     path = write_avazu(tmp_path / "train", rows)

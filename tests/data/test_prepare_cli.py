@@ -64,6 +64,7 @@ def test_path_is_mandatory():
     GlobalHydra.instance().clear()
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_prepares_and_writes_nothing_in_the_working_directory(tmp_path):
     folder = write_movielens(tmp_path / "ml", n_ratings=200)
     work = tmp_path / "work"
