@@ -23,6 +23,7 @@ from torch import nn
 
 from mlet.embeddings import FieldEmbedding, SingleLayerEmbedding
 from mlet.metrics import auc, logloss
+from mlet.models.layers import needs_category_weights
 from mlet.optim import SparseAwareOptimizer, clip_gradients_
 
 MODEL_INITS = ("default", "xavier")
@@ -49,8 +50,8 @@ def init_model_(model: nn.Module, scheme: str) -> None:
 class CTRNet(nn.Module):
     """Embedding then model: ``(dense[B, D], cat[B, F]) -> logits[B]``.
 
-    A model whose ``category_weights`` is true (a first-order term with ``first_order: table``,
-    :class:`mlet.models.layers.FirstOrder`) also gets each category's first-order weight, looked up
+    A model with a first-order term whose weights come from a table of their own (``first_order:
+    table``, :func:`mlet.models.layers.needs_category_weights`) also gets each category's weight, looked up
     here in a table of one scalar per category (``first_order``: a single-layer table of width 1,
     drawn from N(0, 1e-4^2) as BARS/FuxiCTR's ``LR_Layer`` is), so the model still never sees
     category indices or how any table is built. The table is part of the deployed model (its
@@ -61,7 +62,7 @@ class CTRNet(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.model = model
-        if first_order is None and getattr(model, "category_weights", False):
+        if first_order is None and needs_category_weights(model):
             first_order = SingleLayerEmbedding(embedding.cardinalities, 1, table_init="normal", init_std=1e-4)
         self.first_order = first_order
 

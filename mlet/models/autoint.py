@@ -128,11 +128,6 @@ class AutoInt(nn.Module):
         self.wide_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False, source=first_order) if use_wide else None
         self.deep_arch = DeepTower(num_fields, embed_dim, num_dense, hidden, activation=activation, dropout=dropout, batch_norm=batch_norm) if hidden else None
 
-    @property
-    def category_weights(self) -> bool:
-        """Whether ``forward`` needs each category's first-order weight (``first_order: table``)."""
-        return self.wide_arch is not None and self.wide_arch.category_weights
-
     def forward(
         self, embedded: torch.Tensor, dense: torch.Tensor, category_weights: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -46,11 +46,6 @@ class DeepFM(nn.Module):
         self.fm_arch = FMInteraction()
         self.deep_arch = DeepTower(num_fields, embed_dim, num_dense, hidden, activation=activation, dropout=dropout, batch_norm=batch_norm)
 
-    @property
-    def category_weights(self) -> bool:
-        """Whether ``forward`` needs each category's first-order weight (``first_order: table``)."""
-        return self.linear_arch.category_weights
-
     def forward(
         self, embedded: torch.Tensor, dense: torch.Tensor, category_weights: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -118,11 +118,6 @@ class FiBiNET(nn.Module):
         deep_in = 2 * self.bilinear_raw.num_pairs * embed_dim + num_dense
         self.deep_arch = MLP(deep_in, hidden, 1, activation=activation, dropout=dropout, batch_norm=batch_norm)
 
-    @property
-    def category_weights(self) -> bool:
-        """Whether ``forward`` needs each category's first-order weight (``first_order: table``)."""
-        return self.linear_arch.category_weights
-
     def forward(
         self, embedded: torch.Tensor, dense: torch.Tensor, category_weights: torch.Tensor | None = None
     ) -> torch.Tensor:

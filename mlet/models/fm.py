@@ -31,11 +31,6 @@ class FM(nn.Module):
         self.dense_field = DenseField(num_dense, embed_dim)
         self.fm_arch = FMInteraction()
 
-    @property
-    def category_weights(self) -> bool:
-        """Whether ``forward`` needs each category's first-order weight (``first_order: table``)."""
-        return self.linear_arch.category_weights
-
     def forward(
         self, embedded: torch.Tensor, dense: torch.Tensor, category_weights: torch.Tensor | None = None
     ) -> torch.Tensor:

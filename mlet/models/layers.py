@@ -173,6 +173,12 @@ class FirstOrder(nn.Module):
         return out
 
 
+def needs_category_weights(model: nn.Module) -> bool:
+    """Whether ``model.forward`` takes ``category_weights[B, F]``: it has a first-order term whose
+    weights come from their own table (``FirstOrder(source="table")``)."""
+    return any(isinstance(m, FirstOrder) and m.category_weights for m in model.modules())
+
+
 class FMInteraction(nn.Module):
     """FM second-order term ``sum_{i<j} <v_i, v_j>`` of ``n`` vectors ``[B, n, d]`` -> ``[B]``.
 

@@ -28,11 +28,6 @@ class LR(nn.Module):
         check_contract("LR", num_fields, embed_dim, num_dense)
         self.linear_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=True, source=first_order)
 
-    @property
-    def category_weights(self) -> bool:
-        """Whether ``forward`` needs each category's first-order weight (``first_order: table``)."""
-        return self.linear_arch.category_weights
-
     def forward(
         self, embedded: torch.Tensor, dense: torch.Tensor, category_weights: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -21,6 +21,7 @@ from mlet.data import CTRDataModule
 from mlet.data.synthetic import SyntheticCTR
 from mlet.embeddings import MLETEmbedding, SingleLayerEmbedding
 from mlet.metrics import auc
+from mlet.models.layers import needs_category_weights
 from mlet.module import CTRNet
 
 MODEL_CONF = Path(str(files("mlet.conf") / "model"))  # the packaged configs, as mlet-train finds them
@@ -124,7 +125,7 @@ def test_without_dense_features(name):
     model = build(name, len(CARDINALITIES), 4, 0).eval()
     embedded = torch.randn(BATCH, len(CARDINALITIES), 4)
     # a first-order term with its own table (first_order: table) gets the categories' weights
-    weights = [torch.randn(BATCH, len(CARDINALITIES))] if getattr(model, "category_weights", False) else []
+    weights = [torch.randn(BATCH, len(CARDINALITIES))] if needs_category_weights(model) else []
     logits = model(embedded, torch.empty(BATCH, 0), *weights)
     assert logits.shape == (BATCH,) and torch.isfinite(logits).all()
 
