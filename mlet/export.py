@@ -86,7 +86,9 @@ def load_collapsed(target: str | Path) -> tuple[CTRNet, dict, Path]:
     net = CTRNet(module.embedding.collapse(), module.net.model).eval()
     spec = {"schema": schema, "data": OmegaConf.to_container(cfg.data, resolve=True),
             "embedding": module.embedding.kind, "dim": module.embedding.dim,
-            "inner_dim": getattr(module.embedding, "inner_dim", None)}
+            "arm": module.embedding.arm(), "label": module.embedding.label(),
+            "embedding_inference_parameters": module.embedding.inference_parameters,
+            "embedding_inference_bytes": module.embedding.inference_bytes}
     return net, spec, ckpt
 
 
@@ -155,10 +157,12 @@ def export(target: str | Path, out: str | Path | None = None) -> dict:
     program = torch.export.export(net, example, dynamic_shapes={"dense": {0: batch}, "cat": {0: batch}})
     torch.export.save(program, out / EXPORT_NAME)
 
-    embedding_params = sum(p.numel() for p in net.embedding.parameters())
+    embedding_params = spec.pop("embedding_inference_parameters")  # the embedding class states its deployed size
+    embedding_bytes = spec.pop("embedding_inference_bytes")
     reference = SingleLayerEmbedding(schema["cardinalities"], spec["dim"])
     sizes = {
         "embedding_parameters": embedding_params,
+        "embedding_bytes": embedding_bytes,
         "single_layer_embedding_parameters": sum(p.numel() for p in reference.parameters()),
         "model_parameters": sum(p.numel() for p in net.model.parameters()),
         "file_bytes": (out / EXPORT_NAME).stat().st_size,

@@ -28,6 +28,7 @@ class SingleLayerEmbedding(FieldEmbedding):
     """
 
     kind = "single"
+    ignored_keys = ("inner_dim",)
 
     def __init__(
         self,
