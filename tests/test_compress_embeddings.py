@@ -195,3 +195,11 @@ def test_valid_configs_have_no_problem_and_sizes_agree(cls, kwargs):
     assert emb.inference_bytes == sum(t.numel() * t.element_size() for t in deployed.state_dict().values())
     assert emb.inference_parameters == sum(p.numel() for p in deployed.parameters())
     assert emb.inference_bytes < 4 * SingleLayerEmbedding([10, 1000, 30000], 16).inference_parameters
+
+
+@pytest.mark.parametrize("cls,kwargs", INIT_CASES)
+def test_arm_and_label_follow_the_interface(cls, kwargs):
+    emb = cls([10, 1000], 16, **kwargs)
+    cfg = {"dim": 16, **kwargs}
+    assert emb.arm() == cls.arm_of(cfg) == {"kind": cls.kind, "dim": 16, **{k: kwargs.get(k, "mult") for k in cls.arm_keys}}
+    assert emb.label().startswith(cls.kind) and emb.label() == cls.label_of(emb.arm())
