@@ -23,6 +23,7 @@ from mlet import resume, sweep
 from mlet.callbacks import LogProgress
 from mlet.config_check import check_config
 from mlet.errors import MletError
+from mlet.embeddings.quantize import deployed_bytes
 from mlet.module import CTRModule, init_model_
 from mlet.records import RECORD_NAME, write_record
 
@@ -45,6 +46,7 @@ def build_module(cfg: DictConfig, cardinalities: list[int], num_dense: int) -> C
     return CTRModule(
         embedding=embedding, model=model, optimizer=instantiate(cfg.optimizer),
         lr_scheduler=instantiate(scheduler) if scheduler else None, embedding_l2=cfg.get("embedding_l2", 0.0),
+        quantize=cfg.get("quantize", "none"),
     )
 
 
@@ -259,6 +261,21 @@ def validation_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def quantization_summary(module: CTRModule, validation: dict[str, Any]) -> dict[str, Any]:
+    """With ``quantize`` set: the AUC and log loss of the unquantised deployed model at the best
+    epoch and on test, beside the quantised ones the record's ``val_auc`` / ``test_auc`` hold."""
+    if module.quantize == "none":
+        return {}
+    best = next((h for h in validation.get("val_history", []) if h.get("epoch") == validation.get("best_epoch")), {})
+    test = module.results.get("test", {})
+    return {
+        "val_auc_unquantized": best.get("val_auc_unquantized"),
+        "val_logloss_unquantized": best.get("val_logloss_unquantized"),
+        "test_auc_unquantized": test.get("test_auc_unquantized"),
+        "test_logloss_unquantized": test.get("test_logloss_unquantized"),
+    }
+
+
 def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: str, seconds: float) -> dict:
     emb = module.embedding
     model_params = sum(p.numel() for p in module.net.model.parameters())
@@ -291,6 +308,12 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
         "inference_parameters": emb.inference_parameters + model_params,
         "embedding_train_parameters": emb.train_parameters,
         "embedding_inference_parameters": emb.inference_parameters,
+        # deployed bytes: the collapsed (and quantised) embedding, and the whole network with it
+        "inference_bytes": module.inference_bytes,
+        "model_bytes": module.model_bytes,
+        "train_bytes": emb.train_bytes + deployed_bytes(module.net.model),
+        "quantize": module.quantize,
+        **quantization_summary(module, validation),
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "best_checkpoint": ckpt or None,

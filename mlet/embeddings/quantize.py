@@ -39,28 +39,24 @@ def deployed_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values() if torch.is_tensor(t))
 
 
-def _round_down_fp16(x: torch.Tensor) -> torch.Tensor:
+def _round_fp16(x: torch.Tensor, direction: float) -> torch.Tensor:
+    """``x`` (float64) to float16, rounded towards ``direction`` (-inf: down, +inf: up)."""
     h = x.half()
-    lower = torch.nextafter(h.float(), torch.tensor(float("-inf"))).half()
-    return torch.where(h.float() > x, lower, h)
-
-
-def _round_up_fp16(x: torch.Tensor) -> torch.Tensor:
-    h = x.half()
-    upper = torch.nextafter(h.float(), torch.tensor(float("inf"))).half()
-    return torch.where(h.float() < x, upper, h)
+    step = torch.nextafter(h, torch.full_like(h, direction))
+    wrong = h.double() > x if direction < 0 else h.double() < x
+    return torch.where(wrong, step, h)
 
 
 def quantize_rows(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Codes (uint8, one per entry, unpacked), float16 scale and bias per row of ``weight[n, w]``."""
-    w = weight.detach().float()
+    w = weight.detach().double()
     levels = 2**bits - 1
     lo, hi = w.min(dim=1).values, w.max(dim=1).values
-    bias = _round_down_fp16(lo)
-    scale = _round_up_fp16((hi - bias.float()) / levels)
+    bias = _round_fp16(lo, float("-inf"))  # <= every entry of the row
+    scale = _round_fp16((hi - bias.double()) / levels, float("inf"))  # bias + levels * scale >= the row's max
     # a constant row (scale 0) reconstructs as its bias; keep the division finite
-    safe = torch.where(scale.float() > 0, scale.float(), torch.ones_like(hi))
-    codes = torch.round((w - bias.float()[:, None]) / safe[:, None]).clamp_(0, levels).to(torch.uint8)
+    safe = torch.where(scale.double() > 0, scale.double(), torch.ones_like(hi))
+    codes = torch.round((w - bias.double()[:, None]) / safe[:, None]).clamp_(0, levels).to(torch.uint8)
     return codes, scale, bias
 
 
