@@ -31,7 +31,7 @@ from mlet.embeddings import SingleLayerEmbedding
 from mlet.module import CTRNet
 from mlet.cli import command
 from mlet.errors import MletError
-from mlet.records import write_record
+from mlet.records import RECORD_NAME, read_record, write_json
 
 EXPORT_NAME = "model.pt2"
 SPEC_NAME = "model.json"
@@ -50,9 +50,12 @@ def locate(target: str | Path) -> tuple[Path, Path]:
         return run_dir, target
     if not target.is_dir():
         raise ExportError(f"{target}: no such run directory or checkpoint")
-    record = target / "record.json"
+    record = target / RECORD_NAME
     if record.is_file():
-        best = json.loads(record.read_text()).get("best_checkpoint")
+        try:
+            best = read_record(record).best_checkpoint
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
         if best and Path(best).is_file():
             return target, Path(best)
     last = target / "checkpoints" / "last.ckpt"
@@ -176,7 +179,7 @@ def export(target: str | Path, out: str | Path | None = None) -> dict:
     if vocabulary is None:
         spec["vocabulary_note"] = (f"{spec['data'].get('_target_')} has no raw file format: inputs are already "
                                    "category indices (no vocabulary; mlet-predict does not apply)")
-    write_record(out / SPEC_NAME, spec)
+    write_json(out / SPEC_NAME, spec)
     return spec
 
 

@@ -50,12 +50,14 @@ import numpy as np
 import pandas as pd
 
 from mlet.errors import MletError
-from mlet.records import find_records, read_record
+from mlet.records import RECORD_NAME, RunRecord, find_records, read_record
 
 log = logging.getLogger("mlet.report")
 
 KEYS = ["data", "model"]
-SERIES = ["embedding", "k"]
+# A method: the embedding kind, its label (the record's: the embedding class names its arm keys in
+# it) and k (the arm's inner_dim where it has one, shown in the tables as its own column).
+SERIES = ["embedding", "label", "k"]
 ARM = [*KEYS, *SERIES, "dim"]
 REFERENCE = "single"  # the embedding kind every other kind is compared with
 
@@ -91,7 +93,8 @@ def kind_name(kind) -> str:
 
 
 def arm_label(kind, k) -> str:
-    """A method's label in legends: ``single``, ``<kind>`` or ``<kind> k=<inner_dim>``."""
+    """The label of a method whose record names none: ``single``, ``<kind>`` or ``<kind> k=<inner_dim>``
+    (a record carries its embedding class's label: :attr:`mlet.records.RunRecord.label`)."""
     if kind == REFERENCE or _isnan(k) or k is None:
         return str(kind)
     return f"{kind} k={int(k)}"
@@ -112,8 +115,8 @@ def _ignored(key: str, ignore: Sequence[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in ignore)
 
 
-def load_records(dirs: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
-    """Every readable record under ``dirs`` (each with ``path`` and ``mtime``), and warnings."""
+def load_records(dirs: Iterable[str | Path]) -> tuple[list[RunRecord], list[str]]:
+    """Every readable record of a finished run under ``dirs``, and warnings."""
     records, warnings = [], []
     for path in find_records(dirs):
         try:
@@ -121,12 +124,16 @@ def load_records(dirs: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
         except (ValueError, OSError) as exc:
             warnings.append(f"skipped unreadable record {path}: {exc}")
             continue
-        if rec.get("status") == "failed":  # written by a failed mlet-train run: no results
-            warnings.append(f"skipped the record of a failed run {path}: {rec.get('error')}")
+        if rec.failed:  # written by a failed mlet-train run: no results
+            warnings.append(f"skipped the record of a failed run {path}: {rec.error}")
             continue
-        rec["mtime"] = path.stat().st_mtime
         records.append(rec)
     return records, warnings
+
+
+def _mtime(rec: RunRecord) -> float:
+    path = Path(rec.path or ".") / RECORD_NAME
+    return path.stat().st_mtime if path.is_file() else 0.0
 
 
 def _same_value(a, b) -> bool:
@@ -142,7 +149,7 @@ def _fmt_values(values) -> str:
     return ", ".join(shown)
 
 
-def runs_frame(records: Sequence[dict], by: Sequence[str] = (), ignore: Sequence[str] = ()
+def runs_frame(records: Sequence[RunRecord], by: Sequence[str] = (), ignore: Sequence[str] = ()
                ) -> tuple[pd.DataFrame, list[str], list[str]]:
     """The one table of runs: a row per record with the ``by`` config keys, data, model, embedding,
     k (NaN for the single-layer reference), dim, seed, metrics, path, mtime and the record's nested
@@ -155,16 +162,18 @@ def runs_frame(records: Sequence[dict], by: Sequence[str] = (), ignore: Sequence
     ignore = [*NOT_EXPERIMENT, *ignore]
     rows, configs = [], []
     for rec in records:
-        emb, k = rec.get("embedding"), rec.get("inner_dim")
+        arm = rec.arm
+        k = arm.get("inner_dim")
         rows.append({
-            "data": rec.get("data"), "model": rec.get("model"), "embedding": emb,
-            "k": float(k) if k is not None and emb != REFERENCE else np.nan,
-            "dim": rec.get("dim"), "seed": rec.get("seed"),
-            **{m: rec.get(m) for m in _METRICS},
-            "path": rec.get("path"), "mtime": rec.get("mtime", 0.0),
-            **{n: rec.get(n) for n in _NESTED},
+            "data": rec.data, "model": rec.model, "embedding": rec.kind,
+            "label": rec.label or arm_label(rec.kind, k),
+            "k": float(k) if k is not None else np.nan,
+            "dim": arm.get("dim", rec.dim), "seed": rec.seed,
+            **{m: getattr(rec, m) for m in _METRICS},
+            "path": rec.path, "mtime": _mtime(rec),
+            **{n: getattr(rec, n) for n in _NESTED},
         })
-        configs.append(_flatten(rec.get("config") or {}))
+        configs.append(_flatten(rec.config or {}))
     base = [*KEYS, *SERIES, "dim", "seed", *_METRICS, "path", "mtime", *_NESTED]
     df = pd.DataFrame(rows, columns=base)
     cfg = pd.DataFrame(configs, index=df.index, dtype=object)
@@ -347,8 +356,8 @@ def dim_reduction(table: pd.DataFrame, by: Sequence[str] = (), tolerance: float 
         if ref_auc is not None:
             enough = single[single["auc_mean"] >= ref_auc - tolerance]
             single_d = int(enough.index.min()) if len(enough) else None
-        for (kind, k), runs_k in methods.groupby(SERIES, dropna=False, sort=True):
-            row = {**key, "k": k, "reference_dim": ref_d, "reference_auc": ref_auc,
+        for (kind, label, k), runs_k in methods.groupby(SERIES, dropna=False, sort=True):
+            row = {**key, "k": k, "label": label, "reference_dim": ref_d, "reference_auc": ref_auc,
                    "target_auc": None if ref_auc is None else ref_auc - tolerance,
                    "mlet_dim": None, "mlet_auc": None, "factor": np.nan, "reached": False,
                    "single_dim": single_d, "beats_single": False, "note": note, "embedding": kind}
@@ -367,7 +376,7 @@ def dim_reduction(table: pd.DataFrame, by: Sequence[str] = (), tolerance: float 
                         row["beats_single"] = True
             rows.append(row)
     columns = [*by, *KEYS, "k", "reference_dim", "reference_auc", "target_auc", "mlet_dim", "mlet_auc",
-               "factor", "reached", "single_dim", "beats_single", "note", "embedding"]
+               "factor", "reached", "single_dim", "beats_single", "note", "embedding", "label"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -641,11 +650,12 @@ def plot(path: Path, panels: Sequence[Panel], title: str = "", sharey: bool = Fa
 
 
 def _method_lines(group: pd.DataFrame, x: str, y: str, err: str | None) -> list[Line]:
-    """One line per method (embedding kind and k) of ``group``, the single-layer reference styled apart."""
+    """One line per method (embedding kind, label and k) of ``group``, labelled by the record's
+    label, the single-layer reference styled apart."""
     lines = []
-    for (kind, k), series in group.groupby(SERIES, dropna=False, sort=True):
+    for (kind, label, k), series in group.groupby(SERIES, dropna=False, sort=True):
         series = series.sort_values(x)
-        lines.append(Line(arm_label(kind, k), series[x].tolist(), series[y].tolist(),
+        lines.append(Line(str(label), series[x].tolist(), series[y].tolist(),
                           None if err is None else series[err].tolist(),
                           "reference" if kind == REFERENCE else "method"))
     return lines

@@ -46,7 +46,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mlet.embeddings.base import FieldEmbedding, embedding_class, plain_config
-from mlet.records import RECORD_NAME, read_record
+from mlet.records import RECORD_NAME, RunRecord, read_record
 
 log = logging.getLogger("mlet.sweep")
 
@@ -228,7 +228,7 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, dict | None] | None:
+def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, RunRecord | None] | None:
     """``(status, reason, existing record or None)`` when the job should not train, else None.
 
     Cheap: reads the config and at most one ``record.json``; builds nothing.
@@ -245,14 +245,14 @@ def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, dict | Non
     except (ValueError, OSError) as exc:
         log.warning("retraining: %s is unreadable (%s)", path, exc)
         return None
-    if existing.get("status") == "failed":
-        log.info("retraining: %s records a failed run (%s)", path, existing.get("error"))
+    if existing.failed:
+        log.info("retraining: %s records a failed run (%s)", path, existing.error)
         return None
-    old = (existing.get("config") or {}).get("embedding") or {}
     for key in cls.ignored_keys if cls is not None else ():
-        if old.get(key) != plain.get(key):
+        old = existing.config_value(f"embedding.{key}")
+        if old != plain.get(key):
             return ("duplicate", f"duplicate: embedding={cls.kind} ignores embedding.{key}; the same job ran "
-                    f"with {key}={old.get(key)} and its record exists: {path}", existing)
+                    f"with {key}={old} and its record exists: {path}", existing)
     return "exists", f"record exists: {path} (force=true retrains)", existing
 
 
