@@ -201,5 +201,41 @@ def test_valid_configs_have_no_problem_and_sizes_agree(cls, kwargs):
 def test_arm_and_label_follow_the_interface(cls, kwargs):
     emb = cls([10, 1000], 16, **kwargs)
     cfg = {"dim": 16, **kwargs}
-    assert emb.arm() == cls.arm_of(cfg) == {"kind": cls.kind, "dim": 16, **{k: kwargs.get(k, "mult") for k in cls.arm_keys}}
+    defaults = {"operation": "mult"}
+    assert emb.arm() == cls.arm_of(cfg) == {"kind": cls.kind, "dim": 16,
+                                            **{k: kwargs.get(k, defaults.get(k)) for k in cls.arm_keys}}
     assert emb.label().startswith(cls.kind) and emb.label() == cls.label_of(emb.arm())
+
+
+BUDGET_CASES = [
+    (HashEmbedding, {}, "buckets"), (HashMLETEmbedding, {"inner_dim": 32}, "buckets"),
+    (QREmbedding, {"operation": "add"}, "remainder_rows"), (MixedDimEmbedding, {}, "alpha"),
+    (MixedDimMLETEmbedding, {"inner_dim": 32}, "alpha"), (TTEmbedding, {}, "tt_rank"),
+]
+CARDS = [4, 10, 40, 200, 1000, 5000, 20000, 50000]
+
+
+@pytest.mark.parametrize("cls,kwargs,knob", BUDGET_CASES)
+def test_budget_chooses_the_knob(cls, kwargs, knob):
+    single = 4 * 16 * sum(CARDS)
+    emb = cls(CARDS, 16, budget=1 / 8, **kwargs)
+    assert getattr(emb, knob) is not None and emb.arm()["budget"] == 1 / 8
+    # within the budget, and not far below it (the knob's candidates are 1% apart)
+    assert emb.inference_bytes <= single / 8
+    if knob == "alpha":  # d_f are whole numbers: bytes move in steps; the smallest alpha within the budget
+        assert cls(CARDS, 16, alpha=emb.alpha - 0.01, **kwargs).inference_bytes > single / 8
+    else:
+        assert emb.inference_bytes >= 0.9 * single / 8
+    smaller = cls(CARDS, 16, budget=1 / 64, **kwargs)
+    assert smaller.inference_bytes < emb.inference_bytes or cls in (MixedDimEmbedding, MixedDimMLETEmbedding)
+    # both the knob and a budget: refused, naming both keys
+    problem = cls.config_problem({"dim": 16, "budget": 0.5, knob: 3, **kwargs})
+    assert problem and f"embedding.{knob}" in problem and "embedding.budget" in problem
+    assert "embedding.budget" in cls.config_problem({"dim": 16, "budget": 2.0, **kwargs})
+
+
+def test_a_budget_below_the_smallest_form_takes_the_smallest():
+    # mixed dimensions cannot go below one column per row (plus projections): 1/64 is out of reach
+    emb = MixedDimEmbedding(CARDS, 16, budget=1 / 64)
+    assert emb.alpha == 0.0 or max(emb.field_dims[-3:]) == 1
+    assert emb.inference_bytes > 4 * 16 * sum(CARDS) / 64

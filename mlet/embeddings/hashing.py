@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mlet.embeddings.base import FieldEmbedding, check_eval_mode
+from mlet.embeddings.budget import budget_problem, choose, geometric
 from mlet.embeddings.init import check_table_init, init_table_
 from mlet.embeddings.mlet import MLETEmbedding
 from mlet.embeddings.quantize import deployed_bytes
@@ -49,9 +50,17 @@ def _whole(value: Any) -> bool:
 
 def buckets_problem(cfg: Mapping[str, Any]) -> str | None:
     buckets = cfg.get("buckets")
+    if cfg.get("budget") is not None:
+        return budget_problem(cfg, "buckets")
     if not _whole(buckets) or buckets < 1:
         return f"embedding.buckets must be a positive integer (rows kept per field), got {buckets!r}"
     return None
+
+
+def budget_buckets(cardinalities: Sequence[int], dim: int, budget: float) -> int:
+    """``buckets`` for a byte budget (:mod:`mlet.embeddings.budget`)."""
+    cards = [int(n) for n in cardinalities]
+    return choose(geometric(max(cards)), lambda m: sum(min(n, m) for n in cards) * dim * 4, cards, dim, budget)
 
 
 class HashRows(nn.Module):
@@ -80,26 +89,32 @@ class HashEmbedding(FieldEmbedding):
         sparse, table_init, init_std: as for :class:`~mlet.embeddings.SingleLayerEmbedding` (the
             table rule applies to the hashed table, ``uniform`` by its own row count).
         eval_mode: checked, otherwise ignored (the hashed table is its own deployed form).
+        budget: instead of ``buckets``: the deployed bytes as a fraction of the single-layer
+            table's (:mod:`mlet.embeddings.budget`); ``buckets`` is then chosen and null in the config.
     """
 
     kind = "hash"
-    arm_keys = ("buckets",)
-    key_names = {"buckets": "m"}
+    arm_keys = ("budget", "buckets")
+    key_names = {"budget": "b", "buckets": "m"}
 
     def __init__(
         self,
         cardinalities: Sequence[int],
         dim: int,
-        buckets: int,
+        buckets: int | None = None,
         sparse: bool = False,
         eval_mode: str = "auto",
         table_init: str = "normal",
         init_std: float | None = 1e-4,
+        budget: float | None = None,
     ) -> None:
         super().__init__(cardinalities, dim)
-        problem = self.config_problem({"dim": dim, "buckets": buckets})
+        problem = self.config_problem({"dim": dim, "buckets": buckets, "budget": budget})
         if problem:
             raise ValueError(problem)
+        self.budget = budget
+        if budget is not None:
+            buckets = budget_buckets(self.cardinalities, self.dim, budget)
         check_eval_mode(eval_mode)
         check_table_init(table_init, init_std)
         self.buckets, self.table_init, self.init_std = int(buckets), table_init, init_std
@@ -159,15 +174,15 @@ class HashMLETEmbedding(FieldEmbedding):
     :class:`~mlet.embeddings.MLETEmbedding`)."""
 
     kind = "hash_mlet"
-    arm_keys = ("buckets", "inner_dim")
-    key_names = {"buckets": "m", "inner_dim": "k"}
+    arm_keys = ("budget", "buckets", "inner_dim")
+    key_names = {"budget": "b", "buckets": "m", "inner_dim": "k"}
 
     def __init__(
         self,
         cardinalities: Sequence[int],
         dim: int,
-        buckets: int,
-        inner_dim: int,
+        buckets: int | None = None,
+        inner_dim: int = 64,
         share_projection: bool = False,
         train_projection: bool = True,
         init: str = "scaled",
@@ -175,11 +190,15 @@ class HashMLETEmbedding(FieldEmbedding):
         eval_mode: str = "auto",
         table_init: str = "normal",
         init_std: float | None = 1e-4,
+        budget: float | None = None,
     ) -> None:
         super().__init__(cardinalities, dim)
-        problem = self.config_problem({"dim": dim, "buckets": buckets, "inner_dim": inner_dim})
+        problem = self.config_problem({"dim": dim, "buckets": buckets, "inner_dim": inner_dim, "budget": budget})
         if problem:
             raise ValueError(problem)
+        self.budget = budget
+        if budget is not None:
+            buckets = budget_buckets(self.cardinalities, self.dim, budget)
         self.buckets = int(buckets)
         self.hash_rows = HashRows(self.cardinalities, self.buckets)
         self.pair = MLETEmbedding(self.hash_rows.table_cardinalities, dim, inner_dim, share_projection,

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from mlet.embeddings.base import FieldEmbedding, check_eval_mode
+from mlet.embeddings.budget import budget_problem, choose
 from mlet.embeddings.init import check_table_init, init_table_
 from mlet.embeddings.quantize import deployed_bytes
 
@@ -43,6 +44,18 @@ def field_dims(cardinalities: Sequence[int], dim: int, alpha: float) -> list[int
     return [max(1, min(dim, round(dim * (smallest / n) ** alpha))) for n in cardinalities]
 
 
+def deployed_floats(cardinalities: Sequence[int], dim: int, alpha: float) -> int:
+    """Floats of the deployed tables and projections at ``alpha``."""
+    dims = field_dims(cardinalities, dim, alpha)
+    return sum(n * d_f + (d_f * dim if d_f < dim else 0) for n, d_f in zip(cardinalities, dims))
+
+
+def budget_alpha(cardinalities: Sequence[int], dim: int, budget: float) -> float:
+    """The smallest ``alpha`` (0 .. 8 in steps of 0.01) whose deployed bytes fit the budget."""
+    return choose([i / 100 for i in range(801)], lambda a: 4 * deployed_floats(cardinalities, dim, a),
+                  cardinalities, dim, budget)
+
+
 class MixedDimEmbedding(FieldEmbedding):
     """``n_f x d_f`` tables with ``d_f x d`` projections (module docstring).
 
@@ -52,27 +65,33 @@ class MixedDimEmbedding(FieldEmbedding):
         alpha: the power of the rule (>= 0; larger: narrower tables for large fields).
         sparse, table_init, init_std: as for a single-layer table.
         eval_mode: checked, otherwise ignored.
+        budget: instead of ``alpha``: the deployed bytes as a fraction of the single-layer table's
+            (:mod:`mlet.embeddings.budget`; the smallest alpha within it).
     """
 
     kind = "mixed_dim"
-    arm_keys = ("alpha",)
-    key_names = {"alpha": "a"}
+    arm_keys = ("budget", "alpha")
+    key_names = {"budget": "b", "alpha": "a"}
 
     def __init__(
         self,
         cardinalities: Sequence[int],
         dim: int,
-        alpha: float,
+        alpha: float | None = None,
         sparse: bool = False,
         eval_mode: str = "auto",
         table_init: str = "normal",
         init_std: float | None = 1e-4,
+        budget: float | None = None,
         **mlet: Any,
     ) -> None:
         super().__init__(cardinalities, dim)
-        problem = self.config_problem({"dim": dim, "alpha": alpha, **mlet})
+        problem = self.config_problem({"dim": dim, "alpha": alpha, "budget": budget, **mlet})
         if problem:
             raise ValueError(problem)
+        self.budget = budget
+        if budget is not None:
+            alpha = budget_alpha(self.cardinalities, self.dim, budget)
         check_eval_mode(eval_mode)
         check_table_init(table_init, init_std)
         self.alpha, self.table_init, self.init_std = float(alpha), table_init, init_std
@@ -94,6 +113,8 @@ class MixedDimEmbedding(FieldEmbedding):
     @classmethod
     def config_problem(cls, cfg: Mapping[str, Any]) -> str | None:
         alpha = cfg.get("alpha")
+        if cfg.get("budget") is not None:
+            return budget_problem(cfg, "alpha")
         if not _number(alpha) or not alpha >= 0:
             return f"embedding.alpha must be a number >= 0 (the power of the mixed-dimension rule), got {alpha!r}"
         return None
@@ -140,12 +161,14 @@ class MixedDimMLETEmbedding(MixedDimEmbedding):
     k >= dim; module docstring). Collapses to a :class:`MixedDimEmbedding`."""
 
     kind = "mixed_dim_mlet"
-    arm_keys = ("alpha", "inner_dim")
-    key_names = {"alpha": "a", "inner_dim": "k"}
+    arm_keys = ("budget", "alpha", "inner_dim")
+    key_names = {"budget": "b", "alpha": "a", "inner_dim": "k"}
 
-    def __init__(self, cardinalities: Sequence[int], dim: int, alpha: float, inner_dim: int, sparse: bool = False,
-                 eval_mode: str = "auto", table_init: str = "normal", init_std: float | None = 1e-4) -> None:
-        super().__init__(cardinalities, dim, alpha, sparse, eval_mode, table_init, init_std, inner_dim=inner_dim)
+    def __init__(self, cardinalities: Sequence[int], dim: int, alpha: float | None = None, inner_dim: int = 64,
+                 sparse: bool = False, eval_mode: str = "auto", table_init: str = "normal",
+                 init_std: float | None = 1e-4, budget: float | None = None) -> None:
+        super().__init__(cardinalities, dim, alpha, sparse, eval_mode, table_init, init_std, budget,
+                         inner_dim=inner_dim)
 
     def _build_tables(self, sparse: bool, table_init: str, init_std: float | None, inner_dim: int) -> None:
         self.inner_dim = int(inner_dim)
@@ -177,6 +200,7 @@ class MixedDimMLETEmbedding(MixedDimEmbedding):
     @torch.no_grad()
     def collapse(self) -> MixedDimEmbedding:
         out = MixedDimEmbedding(self.cardinalities, self.dim, self.alpha)
+        out.budget = self.budget
         for f in range(self.num_fields):
             out.tables[f].weight.copy_(self.inner[f].weight @ self.inner_projections[f])
         out.projections.load_state_dict(self.projections.state_dict())

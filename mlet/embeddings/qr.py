@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from mlet.embeddings.base import check_eval_mode
+from mlet.embeddings.budget import budget_problem, choose, geometric
 from mlet.embeddings.fields import PlainOrReduced
 from mlet.embeddings.init import check_table_init
 
@@ -72,31 +73,39 @@ class QREmbedding(PlainOrReduced):
         operation: ``mult``, ``add`` or ``concat``.
         sparse, table_init, init_std: as for a single-layer table.
         eval_mode: checked, otherwise ignored.
+        budget: instead of ``remainder_rows``: the deployed bytes as a fraction of the single-layer
+            table's (:mod:`mlet.embeddings.budget`).
     """
 
     kind = "qr"
-    arm_keys = ("remainder_rows", "operation")
-    key_names = {"remainder_rows": "c", "operation": "op"}
+    arm_keys = ("operation", "budget", "remainder_rows")
+    key_names = {"operation": "op", "budget": "b", "remainder_rows": "c"}
 
     def __init__(
         self,
         cardinalities: Sequence[int],
         dim: int,
-        remainder_rows: int,
+        remainder_rows: int | None = None,
         operation: str = "mult",
         sparse: bool = False,
         eval_mode: str = "auto",
         table_init: str = "normal",
         init_std: float | None = 1e-4,
+        budget: float | None = None,
     ) -> None:
-        problem = self.config_problem({"dim": dim, "remainder_rows": remainder_rows, "operation": operation})
+        problem = self.config_problem({"dim": dim, "remainder_rows": remainder_rows, "operation": operation,
+                                       "budget": budget})
         if problem:
             raise ValueError(problem)
+        if budget is not None:
+            cards, width = [int(n) for n in cardinalities], dim // 2 if operation == "concat" else dim
+            remainder_rows = choose(geometric(max(cards)), lambda c: 4 * sum(
+                n * dim if n <= c else (-(-n // c) + c) * width for n in cards), cards, dim, budget)
         check_eval_mode(eval_mode)
         check_table_init(table_init, init_std)
         c = int(remainder_rows)
         super().__init__(cardinalities, dim, [int(n) > c for n in cardinalities], sparse, table_init, init_std)
-        self.remainder_rows, self.operation = c, operation
+        self.remainder_rows, self.operation, self.budget = c, operation, budget
         self.table_init, self.init_std = table_init, init_std
         cards = [self.cardinalities[f] for f in self.reduced_fields]
         quotient_rows = [-(-n // c) for n in cards]
@@ -116,7 +125,11 @@ class QREmbedding(PlainOrReduced):
     @classmethod
     def config_problem(cls, cfg: Mapping[str, Any]) -> str | None:
         c, op, dim = cfg.get("remainder_rows"), cfg.get("operation", "mult"), cfg.get("dim")
-        if not _whole(c) or c < 1:
+        if cfg.get("budget") is not None:
+            problem = budget_problem(cfg, "remainder_rows")
+            if problem:
+                return problem
+        elif not _whole(c) or c < 1:
             return f"embedding.remainder_rows must be a positive integer, got {c!r}"
         if op not in OPERATIONS:
             return f"embedding.operation must be one of {', '.join(OPERATIONS)}; got {op!r}"

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mlet.embeddings.base import check_eval_mode
+from mlet.embeddings.budget import budget_problem, choose
 from mlet.embeddings.fields import PlainOrReduced
 from mlet.embeddings.init import check_table_init
 
@@ -84,36 +85,44 @@ class TTEmbedding(PlainOrReduced):
         tt_dim_factors: ``d_1 .. d_c`` (product ``dim``), or None: from the prime factors of ``dim``.
         sparse, table_init, init_std: as for a single-layer table.
         eval_mode: checked, otherwise ignored.
+        budget: instead of ``tt_rank``: the deployed bytes as a fraction of the single-layer table's
+            (:mod:`mlet.embeddings.budget`; the largest rank, up to 512, within it).
     """
 
     kind = "tt"
-    arm_keys = ("tt_rank",)
-    key_names = {"tt_rank": "r"}
+    arm_keys = ("budget", "tt_rank")
+    key_names = {"budget": "b", "tt_rank": "r"}
 
     def __init__(
         self,
         cardinalities: Sequence[int],
         dim: int,
-        tt_rank: int,
+        tt_rank: int | None = None,
         tt_cores: int = 3,
         tt_dim_factors: Sequence[int] | None = None,
         sparse: bool = False,
         eval_mode: str = "auto",
         table_init: str = "normal",
         init_std: float | None = 1e-4,
+        budget: float | None = None,
     ) -> None:
         factors = list(tt_dim_factors) if tt_dim_factors is not None else None
         problem = self.config_problem({"dim": dim, "tt_rank": tt_rank, "tt_cores": tt_cores,
-                                       "tt_dim_factors": factors})
+                                       "tt_dim_factors": factors, "budget": budget})
         if problem:
             raise ValueError(problem)
         check_eval_mode(eval_mode)
         check_table_init(table_init, init_std)
         dims = factors or dim_factors(int(dim), int(tt_cores))
         shapes = [row_factors(int(n), int(tt_cores)) for n in cardinalities]
+        if budget is not None:
+            cards = [int(n) for n in cardinalities]
+            tt_rank = choose(range(1, 513), lambda r: 4 * sum(
+                min(n * dim, core_parameters(s, dims, r)) for n, s in zip(cards, shapes)), cards, int(dim), budget)
         reduce = [core_parameters(s, dims, int(tt_rank)) < int(n) * int(dim) for s, n in zip(shapes, cardinalities)]
         super().__init__(cardinalities, dim, reduce, sparse, table_init, init_std)
         self.tt_rank, self.tt_cores, self.dim_factors = int(tt_rank), int(tt_cores), dims
+        self.budget = budget
         self.table_init, self.init_std = table_init, init_std
         self.row_shapes = [shapes[f] for f in self.reduced_fields]
         r = ranks(self.tt_cores, self.tt_rank)
@@ -131,7 +140,11 @@ class TTEmbedding(PlainOrReduced):
     @classmethod
     def config_problem(cls, cfg: Mapping[str, Any]) -> str | None:
         dim, rank, cores, factors = cfg.get("dim"), cfg.get("tt_rank"), cfg.get("tt_cores", 3), cfg.get("tt_dim_factors")
-        if not _whole(rank) or rank < 1:
+        if cfg.get("budget") is not None:
+            problem = budget_problem(cfg, "tt_rank")
+            if problem:
+                return problem
+        elif not _whole(rank) or rank < 1:
             return f"embedding.tt_rank must be a positive integer, got {rank!r}"
         if not _whole(cores) or cores < 2:
             return f"embedding.tt_cores must be an integer >= 2, got {cores!r}"
