@@ -13,7 +13,7 @@ import pytest
 from mlet.job import run
 from mlet.records import RECORD_NAME, RECORD_VERSION, RunRecord, read_record, write_record
 from mlet.report import build_report
-from tests.conftest import TINY, compose_cfg
+from tests.helpers import TINY, compose_cfg
 
 
 def test_record_files_are_world_readable_under_the_usual_umask(tmp_path):

@@ -232,6 +232,7 @@ def test_cli_writes_markdown_csv_and_png(records_dir, tmp_path):
     assert (out / "auc_vs_dim_ds_m1.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_no_records_is_one_line_error(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "no run records" in capsys.readouterr().err
@@ -336,6 +337,7 @@ def _run(root, name, emb, k, d, seed, auc, val=None, mtime=None, **over):
     return path
 
 
+@pytest.mark.slow  # starts processes
 def test_runs_that_differ_in_a_setting_outside_the_grouping_are_separate_arms(tmp_path):
     # the same data/model/embedding/k/d/seed under two Criteo protocols: two arms, neither dropped
     root = tmp_path / "runs"
@@ -382,6 +384,7 @@ def test_ignore_merges_runs_that_differ_only_in_a_named_key(tmp_path):
     assert res["split_by"] == [] and _row(res["auc_vs_dim"], dim=4)["seeds"] == 2
 
 
+@pytest.mark.slow  # starts processes
 def test_unknown_by_key_is_a_one_line_error(tmp_path):
     root = tmp_path / "runs"
     _run(root, "a", "mlet", 64, 4, 0, 0.70)
@@ -439,6 +442,7 @@ def _tuning_grid(root):
                          optimizer__lr=lr, embedding__init_std=std)
 
 
+@pytest.mark.slow  # starts processes
 def test_tune_several_keys_picks_each_arms_best_combination_and_flags_the_grid_edge(tmp_path):
     root = tmp_path / "runs"
     _tuning_grid(root)

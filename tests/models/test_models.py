@@ -188,7 +188,7 @@ def test_learns_synthetic_data(name, datamodule):
 def test_builds_from_train_config(name, tmp_path):
     """``mlet-train model=<name>``: the Hydra group composes and ``mlet.train.build`` supplies F, d, D."""
     from mlet.job import build
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     model_overrides = [f"model.{k}={json.dumps(v)}" for k, v in TINY[name].items()]
     data = ["data.rows=600", "data.num_fields=3", "data.num_dense=2", "data.max_cardinality=50"]
