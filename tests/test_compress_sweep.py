@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import TINY, run_cli, run_script
+from tests.helpers import TINY, run_cli, run_script
 
 
 @pytest.mark.slow

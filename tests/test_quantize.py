@@ -67,9 +67,9 @@ def test_quantized_evaluation_equals_the_exported_program(tmp_path, embedding, m
     from mlet.export import EXPORT_NAME, load_collapsed, main as export_main
     from mlet.job import run
     from mlet.metrics import auc
-    from tests.conftest import TINY, compose_cfg
+    from tests.helpers import TINY, compose_cfg
 
-    extra = ["embedding.remainder_rows=20"] if embedding == "qr" else []
+    extra = ["embedding.budget=null", "embedding.remainder_rows=20"] if embedding == "qr" else []
     tiny = [o for o in TINY if not (embedding == "qr" and o.startswith("embedding.inner_dim"))]
     cfg = compose_cfg([*tiny, f"embedding={embedding}", *extra, f"quantize={mode}", "trainer.max_epochs=1"],
                       tmp_path / "run")
