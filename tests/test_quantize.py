@@ -27,7 +27,8 @@ def test_reconstruction_within_half_a_step_per_row(mode, bits):
     assert torch.all(error <= scale / 2 * (1 + 1e-5) + 1e-7), (error / scale).max()
     # bias: the row minimum rounded down to float16; step: (max - bias) / (2^bits - 1) rounded up
     bias = table.bias.double()
-    assert torch.all(bias <= w.min(1).values.double()) and torch.all(w.min(1).values.double() - bias <= w.abs().max(1).values.double() * 2**-10 + 2**-24)
+    lo = w.min(1).values.double()
+    assert torch.all(bias <= lo) and torch.all(lo - bias <= w.abs().max(1).values.double() * 2**-10 + 2**-24)
     step = (w.max(1).values.double() - bias) / (2**bits - 1)
     assert torch.all(scale.double() >= step) and torch.all(scale.double() <= step * (1 + 2**-10) + 2**-24)
     assert table.weight[3].eq(0.25).all()  # a constant row is exact

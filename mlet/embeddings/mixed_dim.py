@@ -188,7 +188,8 @@ class MixedDimMLETEmbedding(MixedDimEmbedding):
         if not (isinstance(k, int) and not isinstance(k, bool)) or k < 1:
             return f"embedding.inner_dim must be a positive integer, got {k!r}"
         if isinstance(dim, int) and k < dim:
-            return f"embedding.inner_dim={k} < embedding.dim={dim}: MLET for mixed-dimension tables needs inner_dim >= dim"
+            return (f"embedding.inner_dim={k} < embedding.dim={dim}: MLET for mixed-dimension tables needs "
+                    "inner_dim >= dim")
         return None
 
     def field_table(self, f: int, local: torch.Tensor) -> torch.Tensor:

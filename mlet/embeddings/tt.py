@@ -139,7 +139,8 @@ class TTEmbedding(PlainOrReduced):
 
     @classmethod
     def config_problem(cls, cfg: Mapping[str, Any]) -> str | None:
-        dim, rank, cores, factors = cfg.get("dim"), cfg.get("tt_rank"), cfg.get("tt_cores", 3), cfg.get("tt_dim_factors")
+        dim, rank, cores = cfg.get("dim"), cfg.get("tt_rank"), cfg.get("tt_cores", 3)
+        factors = cfg.get("tt_dim_factors")
         if cfg.get("budget") is not None:
             problem = budget_problem(cfg, "tt_rank")
             if problem:
