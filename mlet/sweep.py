@@ -53,7 +53,7 @@ log = logging.getLogger("mlet.sweep")
 JOBS_LOG = "sweep_jobs.jsonl"
 # Overrides that are part of a job's name, or change nothing in its result: kept out of the hash.
 # (and embedding.<key> for the arm keys and ignored keys of the job's embedding type: named_keys)
-NAMED_KEYS = {"data", "model", "embedding", "embedding._target_", "embedding.dim", "seed"}
+NAMED_KEYS = {"data", "model", "embedding", "embedding.dim", "seed"}
 NEUTRAL_KEYS = {"sweep", "force", "tags", "logger", "trainer.enable_progress_bar", "keep_last_checkpoint", "ckpt_path"}
 NEUTRAL_PREFIXES = ("hydra.", "logger.", "paths.", "callbacks.progress_log.")
 SKIP_MESSAGES = {
@@ -99,19 +99,11 @@ def embedding_type(cfg: DictConfig) -> tuple[type[FieldEmbedding] | None, dict[s
     return embedding_class(plain.get("_target_")), plain_config(plain)
 
 
-def ignored_keys(cfg: DictConfig) -> tuple[str, ...]:
-    """The ``embedding`` keys this config's type accepts and ignores (single: ``inner_dim``)."""
-    cls, _ = embedding_type(cfg)
-    return cls.ignored_keys if cls is not None else ()
-
-
 def arm(cfg: DictConfig) -> dict[str, Any]:
     """The arm the config builds, as its embedding class states it (``{"kind", "dim", ...}``);
-    outside the interface (a target that is no embedding class): kind None, ``dim`` and ``inner_dim``."""
+    kind None and ``dim`` for a target that is no embedding class (the config check names it)."""
     cls, plain = embedding_type(cfg)
-    if cls is None:
-        return {"kind": None, "dim": plain.get("dim"), "inner_dim": plain.get("inner_dim")}
-    return cls.arm_of(plain)
+    return cls.arm_of(plain) if cls is not None else {"kind": None, "dim": plain.get("dim")}
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
@@ -131,15 +123,14 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
 def _arm_parts(cfg: DictConfig) -> list[tuple[str, Any]]:
     """The arm keys of the job as ``(short name, value)`` (MLET: ``("k", 64)``)."""
     cls, plain = embedding_type(cfg)
-    if cls is None:
-        return [("inner_dim", plain["inner_dim"])] if plain.get("inner_dim") is not None else []
-    return cls.name_parts(cls.arm_of(plain))
+    return cls.name_parts(cls.arm_of(plain)) if cls is not None else []
 
 
 def named_keys(cfg: DictConfig) -> set[str]:
-    """Override keys the job's name already says (or that its type ignores): kept out of the hash."""
+    """Override keys the job's name already says (or that its type ignores): kept out of the hash.
+    ``embedding._target_`` is not one of them: a job whose class is swapped by an override gets a hash."""
     cls, _ = embedding_type(cfg)
-    keys = (*cls.arm_keys, *cls.ignored_keys) if cls is not None else ("inner_dim",)
+    keys = (*cls.arm_keys, *cls.ignored_keys) if cls is not None else ()
     return NAMED_KEYS | {f"embedding.{k}" for k in keys}
 
 
@@ -147,10 +138,9 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("~+")
 
 
-def other_overrides(task_overrides: list[str], named: set[str] | None = None) -> list[str]:
-    """The job's overrides that its name does not already say (``named``, default
-    :data:`NAMED_KEYS` and ``embedding.inner_dim``) and that can change its result."""
-    named = NAMED_KEYS | {"embedding.inner_dim"} if named is None else named
+def other_overrides(task_overrides: list[str], named: set[str] = NAMED_KEYS) -> list[str]:
+    """The job's overrides that its name does not already say (``named``: :func:`named_keys`) and
+    that can change its result."""
     out = []
     for o in task_overrides:
         key = override_key(o)

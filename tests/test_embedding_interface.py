@@ -52,3 +52,18 @@ def test_embedding_class_from_a_target():
     assert embedding_class("torch.nn.Linear") is None  # not an embedding type
     assert embedding_class("no.such.Module") is None
     assert issubclass(embedding_class("mlet.embeddings.SingleLayerEmbedding"), FieldEmbedding)
+
+
+def test_sweep_names_and_skips_by_the_class(tmp_path):
+    from mlet import sweep
+    from tests.helpers import compose_cfg
+
+    toy = ["embedding=single", "embedding._target_=tests.helpers.toy.ToyHashEmbedding", "+embedding.buckets=8"]
+    cfg = compose_cfg([*toy, "embedding.dim=4"], tmp_path)
+    assert sweep.arm(cfg) == {"kind": "toyhash", "dim": 4, "buckets": 8}
+    # the class swapped by an override: named by its arm keys and hashed, never the single-layer job's name
+    assert sweep.job_dir_name(cfg).startswith("synthetic-dlrm-single-d4-buckets8-s0-")
+    assert sweep.job_dir_name(compose_cfg(["embedding=single", "embedding.dim=4"], tmp_path)) == \
+        "synthetic-dlrm-single-d4-s0"
+    bad = compose_cfg([*toy[:2], "+embedding.buckets=0"], tmp_path)
+    assert sweep.skip_reason(bad, tmp_path / "job") is None  # outside a multirun the constructor fails instead
