@@ -31,6 +31,7 @@ import pytorch_lightning as pl
 import torch
 
 from mlet.analysis import DEFAULT_EDGES, absent_row_movement, bucket_metrics, check_edges, spectrum
+from mlet.embeddings.single import SingleLayerEmbedding
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,10 @@ class EmbeddingSpectrum(pl.Callback):
     @torch.no_grad()
     def compute(self, embedding, names: Sequence[str] | None = None) -> list[dict]:
         collapsed = embedding.collapse()
-        weight = collapsed.table.weight.detach()
+        if isinstance(collapsed, SingleLayerEmbedding):
+            weight = collapsed.table.weight.detach()
+        else:  # a reduced deployed form (hashed, QR, TT, mixed-dimension tables): its n x d rows
+            weight = collapsed.collapsed_rows(torch.arange(collapsed.total_rows, device=collapsed.offsets.device))
         names = list(names) if names is not None else [str(f) for f in range(len(collapsed.cardinalities))]
         out, start = [], 0
         for f, n in enumerate(collapsed.cardinalities):

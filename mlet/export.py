@@ -1,7 +1,9 @@
 """``mlet-export``: the deployable, collapsed model of a run.
 
 Every MLET pair ``A_f B_f`` is replaced by its ``n_f x d`` product, so the exported network is a
-single-layer model of dimension d. It is written with ``torch.export`` (``model.pt2``, batch size
+single-layer model of dimension d (a reduced type exports its deployed form: hashed, QR, TT or
+mixed-dimension tables). A run with ``quantize=fp16|int8|int4`` exports its quantised tables (codes,
+float16 scales and biases, dequantised inside the program), the model its evaluation scored. It is written with ``torch.export`` (``model.pt2``, batch size
 dynamic) beside a ``model.json`` holding the data schema, the data config (so ``mlet-predict`` can
 parse raw files of the run's format), the sizes and the ``vocabulary`` entry. For a run on a
 file-backed source (:class:`mlet.data.pipeline.PreparedSource`) the run's vocabulary is copied
@@ -86,12 +88,13 @@ def load_collapsed(target: str | Path) -> tuple[CTRNet, dict, Path]:
     except RuntimeError as exc:
         raise ExportError(f"{ckpt}: its weights do not fit the run's config.yaml and schema.json "
                           f"({str(exc).splitlines()[0]})") from None
-    net = module.net.deployed().eval()
+    # the deployed net: collapsed, quantised as the run's quantize says (what its evaluation scored)
+    net = module.net.deployed(module.deployed_embedding()).eval()
     spec = {"schema": schema, "data": OmegaConf.to_container(cfg.data, resolve=True),
             "embedding": module.embedding.kind, "dim": module.embedding.dim,
-            "arm": module.embedding.arm(), "label": module.embedding.label(),
+            "arm": module.embedding.arm(), "label": module.embedding.label(), "quantize": module.quantize,
             "embedding_inference_parameters": module.embedding.inference_parameters,
-            "embedding_inference_bytes": module.embedding.inference_bytes}
+            "embedding_inference_bytes": module.inference_bytes, "model_bytes": module.model_bytes}
     return net, spec, ckpt
 
 
@@ -166,6 +169,7 @@ def export(target: str | Path, out: str | Path | None = None) -> dict:
     sizes = {
         "embedding_parameters": embedding_params,
         "embedding_bytes": embedding_bytes,
+        "model_bytes": spec.pop("model_bytes"),
         "single_layer_embedding_parameters": sum(p.numel() for p in reference.parameters()),
         "model_parameters": sum(p.numel() for p in net.parameters()) - embedding_params,
         "file_bytes": (out / EXPORT_NAME).stat().st_size,
@@ -194,6 +198,8 @@ def _export_command(args: argparse.Namespace) -> int:
     print(f"exported {spec['embedding']} d={spec['dim']} (collapsed) from {spec['checkpoint']} to {out}")
     print(f"  embedding parameters: {s['embedding_parameters']:,} "
           f"(a single-layer embedding of d={spec['dim']}: {s['single_layer_embedding_parameters']:,})")
+    print(f"  deployed embedding: {s['embedding_bytes']:,} bytes (quantize={spec['quantize']}); "
+          f"whole model: {s['model_bytes']:,} bytes")
     print(f"  model parameters: {s['model_parameters']:,}; file: {s['file_bytes']:,} bytes")
     return 0
 

@@ -45,6 +45,7 @@ def build_module(cfg: DictConfig, cardinalities: list[int], num_dense: int) -> C
     return CTRModule(
         embedding=embedding, model=model, optimizer=instantiate(cfg.optimizer),
         lr_scheduler=instantiate(scheduler) if scheduler else None, embedding_l2=cfg.get("embedding_l2", 0.0),
+        quantize=cfg.get("quantize", "none"),
     )
 
 
@@ -260,12 +261,26 @@ def validation_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def quantization_summary(module: CTRModule, validation: dict[str, Any]) -> dict[str, Any]:
+    """With ``quantize`` set: the AUC and log loss of the unquantised deployed model at the best
+    epoch and on test, beside the quantised ones the record's ``val_auc`` / ``test_auc`` hold."""
+    if module.quantize == "none":
+        return {}
+    best = next((h for h in validation.get("val_history", []) if h.get("epoch") == validation.get("best_epoch")), {})
+    test = module.results.get("test", {})
+    return {
+        "val_auc_unquantized": best.get("val_auc_unquantized"),
+        "val_logloss_unquantized": best.get("val_logloss_unquantized"),
+        "test_auc_unquantized": test.get("test_auc_unquantized"),
+        "test_logloss_unquantized": test.get("test_logloss_unquantized"),
+    }
+
+
 def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: str, seconds: float) -> RunRecord:
     emb = module.embedding
     # the model's weights and the first-order table (CTRNet.first_order) beside the embedding
     model_weights = [p for n, p in module.net.named_parameters() if not n.startswith("embedding.")]
     model_params = sum(p.numel() for p in model_weights)
-    model_bytes = sum(p.numel() * p.element_size() for p in model_weights)
     val = module.results.get("val", {})
     callback = best_checkpoint_callback(trainer)
     best = callback.best_model_score if callback is not None else None
@@ -297,8 +312,11 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
         "embedding_train_parameters": emb.train_parameters,
         "embedding_inference_parameters": emb.inference_parameters,
         "embedding_train_bytes": emb.train_bytes,
-        "inference_bytes": emb.inference_bytes,
-        "model_bytes": emb.inference_bytes + model_bytes,
+        # deployed bytes: the collapsed (and quantised) embedding, and the whole network with it
+        "inference_bytes": module.inference_bytes,
+        "model_bytes": module.model_bytes,
+        "quantize": module.quantize,
+        **quantization_summary(module, validation),
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "best_checkpoint": ckpt or None,

@@ -22,6 +22,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
 from mlet.embeddings import FieldEmbedding, SingleLayerEmbedding
+from mlet.embeddings.quantize import check_quantize, deployed_bytes, quantize
 from mlet.metrics import auc, logloss
 from mlet.models.layers import needs_category_weights
 from mlet.optim import SparseAwareOptimizer, clip_gradients_
@@ -75,9 +76,10 @@ class CTRNet(nn.Module):
     def forward(self, dense: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         return self.head(self.embedding(cat), dense, cat)
 
-    def deployed(self) -> "CTRNet":
-        """The net with the collapsed embedding: what is exported and scored."""
-        return CTRNet(self.embedding.collapse(), self.model, self.first_order)
+    def deployed(self, embedding: FieldEmbedding | None = None) -> "CTRNet":
+        """The net with the deployed embedding (default: the collapsed one; a quantised one from
+        :meth:`CTRModule.deployed_embedding`), the same model and first-order table."""
+        return CTRNet(self.embedding.collapse() if embedding is None else embedding, self.model, self.first_order)
 
     def sparse_parameters(self) -> list[nn.Parameter]:
         """The per-category tables: the embedding's and the first-order weights'."""
@@ -110,6 +112,10 @@ class CTRModule(pl.LightningModule):
         on a looked-up row is ``embedding_l2 * e_r``, what FuxiCTR's ``embedding_regularizer`` gives
         every row at every step; rows absent from the batch get none (FuxiCTR penalises the whole
         table each step, a dense gradient that a sparse optimiser cannot take). 0 disables it.
+    quantize: ``none``, ``fp16``, ``int8`` or ``int4``: the deployed (collapsed) tables are
+        quantised row-wise after training (:mod:`mlet.embeddings.quantize`). Validation and test
+        then score the quantised model (``val_auc``, ``test_auc``: checkpoint selection included)
+        and, in the same pass, the unquantised one (``*_auc_unquantized``, ``*_logloss_unquantized``).
     """
 
     def __init__(
@@ -119,8 +125,10 @@ class CTRModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         lr_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         embedding_l2: float = 0.0,
+        quantize: str = "none",
     ) -> None:
         super().__init__()
+        self.quantize = check_quantize(quantize)
         if isinstance(embedding_l2, bool) or not isinstance(embedding_l2, (int, float)) or embedding_l2 < 0:
             raise ValueError(f"embedding_l2 must be a number >= 0, got {embedding_l2!r}")
         self.embedding_l2 = float(embedding_l2)
@@ -133,6 +141,7 @@ class CTRModule(pl.LightningModule):
         if sparse is not None:  # the optimiser decides whether the tables produce sparse gradients
             self.net.set_sparse(sparse)
         self._eval_embedding: FieldEmbedding | None = None
+        self._unquantized: FieldEmbedding | None = None  # the unquantised deployed model, scored beside it
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         # results["val"] / ["test"]: the latest evaluation (metrics, logits, labels);
         # results["val_history"]: one entry per validation epoch (epoch, step, val_auc, val_logloss),
@@ -201,14 +210,38 @@ class CTRModule(pl.LightningModule):
         clip_gradients_(params, float(gradient_clip_val), gradient_clip_algorithm or "norm")
 
     # ---- evaluation on the collapsed model ---------------------------------------------------
+    def deployed_embedding(self) -> FieldEmbedding:
+        """The embedding as deployed: collapsed, then quantised (``quantize``); what export writes."""
+        return quantize(self.embedding.collapse(), self.quantize)
+
+    @property
+    def inference_bytes(self) -> int:
+        """Bytes of the deployed embedding (tables, kept projections, quantisation scales and biases)."""
+        if self.quantize == "none":
+            return self.embedding.inference_bytes
+        return deployed_bytes(self.deployed_embedding())
+
+    @property
+    def model_bytes(self) -> int:
+        """Bytes of the whole deployed network: the deployed embedding, the model's weights and the
+        first-order table (``CTRNet.first_order``) where the model has one."""
+        first_order = deployed_bytes(self.net.first_order) if self.net.first_order is not None else 0
+        return self.inference_bytes + deployed_bytes(self.net.model) + first_order
+
     def _start_eval(self, stage: str) -> None:
-        self._eval_embedding = self.embedding.for_evaluation()
+        if self.quantize == "none":
+            self._eval_embedding, self._unquantized = self.embedding.for_evaluation(), None
+        else:
+            self._eval_embedding, self._unquantized = self.deployed_embedding(), self.embedding.for_evaluation()
         self._outputs[stage] = []
 
     def _eval_step(self, stage: str, batch) -> None:
         dense, cat, label = batch
-        logits = self.net.head(self._eval_embedding(cat), dense, cat)
-        self._outputs[stage].append((logits.detach().float(), label))
+        logits = self.net.head(self._eval_embedding(cat), dense, cat).detach().float()
+        out = (logits, label.float())
+        if self._unquantized is not None:
+            out += (self.net.head(self._unquantized(cat), dense, cat).detach().float(),)
+        self._outputs[stage].append(out)
 
     def _gather_rows(self, local: torch.Tensor) -> torch.Tensor:
         """``local[C, n_rank]`` of every process concatenated along dim 1 in rank order.
@@ -227,16 +260,20 @@ class CTRModule(pl.LightningModule):
 
     def _end_eval(self, stage: str) -> None:
         outputs = self._outputs.pop(stage, [])
-        self._eval_embedding = None
+        self._eval_embedding = self._unquantized = None
+        columns = 2 if self.quantize == "none" else 3  # logits, labels[, unquantised logits]
         local = (
-            torch.stack([torch.cat([o[0] for o in outputs]), torch.cat([o[1].float() for o in outputs])])
+            torch.stack([torch.cat([o[c] for o in outputs]) for c in range(columns)])
             if outputs
-            else torch.zeros(2, 0, device=self.device)
+            else torch.zeros(columns, 0, device=self.device)
         )
-        logits, labels = self._gather_rows(local)  # every process: the whole split, then computed once
+        logits, labels, *unquantized = self._gather_rows(local)  # every process: the whole split, computed once
         if logits.numel() == 0:
             return
         metrics = {f"{stage}_auc": auc(logits, labels), f"{stage}_logloss": logloss(logits, labels)}
+        if unquantized:
+            metrics |= {f"{stage}_auc_unquantized": auc(unquantized[0], labels),
+                        f"{stage}_logloss_unquantized": logloss(unquantized[0], labels)}
         self.results[stage] = {**metrics, "logits": logits.cpu(), "labels": labels.cpu()}
         if stage == "val" and self._trainer is not None and not self.trainer.sanity_checking:
             self.results["val_history"].append({

@@ -62,6 +62,13 @@ class RunRecord:
     embedding_train_bytes: int | None = None
     inference_bytes: int | None = None  # the deployed embedding (FieldEmbedding.inference_bytes)
     model_bytes: int | None = None  # the whole deployed model: inference_bytes + the network's parameters
+    # ---- quantisation of the deployed tables (quantize=...): val_auc/test_auc above score the
+    # quantised model; these the same checkpoint unquantised (set only when quantize is not none)
+    quantize: str | None = None  # none | fp16 | int8 | int4 (None: a record from before the option)
+    val_auc_unquantized: float | None = None
+    val_logloss_unquantized: float | None = None
+    test_auc_unquantized: float | None = None
+    test_logloss_unquantized: float | None = None
     # ---- how it ran: epochs, checkpoint, device, phase seconds and throughput
     epochs: int | None = None
     steps: int | None = None

@@ -82,7 +82,8 @@ NOT_EXPERIMENT = (
 
 # What the record holds beyond the run's scalars: kept in the runs table, read by the sections.
 _NESTED = ["buckets", "bucket_field", "spectrum", "absent_row_movement", "effective_rank_history"]
-_METRICS = ["test_auc", "test_logloss", "val_auc", "effective_rank_mean"]
+_METRICS = ["test_auc", "test_logloss", "val_auc", "effective_rank_mean", "inference_bytes", "model_bytes",
+            "test_auc_unquantized"]
 
 
 # ---- labels: the one place that names a method ------------------------------------------------
@@ -166,9 +167,11 @@ def runs_frame(records: Sequence[RunRecord], by: Sequence[str] = (), ignore: Seq
     for rec in records:
         arm = rec.arm
         k = arm.get("inner_dim")
+        # a quantised deployment is a method of its own: kind "<kind>+int8", label "<label> int8"
+        quantized = rec.quantize not in (None, "none")
         rows.append({
-            "data": rec.data, "model": rec.model, "embedding": rec.kind,
-            "label": rec.label or arm_label(rec.kind, k),
+            "data": rec.data, "model": rec.model, "embedding": rec.kind + (f"+{rec.quantize}" if quantized else ""),
+            "label": (rec.label or arm_label(rec.kind, k)) + (f" {rec.quantize}" if quantized else ""),
             "k": float(k) if k is not None else np.nan,
             "dim": arm.get("dim", rec.dim), "seed": rec.seed,
             **{m: getattr(rec, m) for m in _METRICS},
@@ -482,6 +485,62 @@ def reduction_summary(reduction: pd.DataFrame, by: Sequence[str] = ()) -> pd.Dat
                                        "mean_factor"])
 
 
+def auc_vs_bytes(runs: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Per arm: mean and std over seeds of test AUC, the deployed embedding bytes and model bytes
+    (the same for every seed), and ``pareto``: no arm of the same (by, data, model) has fewer or
+    equal bytes and a higher mean AUC."""
+    scored = runs.dropna(subset=["test_auc", "inference_bytes"])
+    keys = [*by, *ARM]
+    columns = [*keys, "inference_bytes", "model_bytes", "auc_mean", "auc_std", "seeds", "pareto"]
+    if scored.empty:
+        return pd.DataFrame(columns=columns)
+    out = scored.groupby(keys, dropna=False, sort=True).agg(
+        inference_bytes=("inference_bytes", "max"), model_bytes=("model_bytes", "max"),
+        auc_mean=("test_auc", "mean"), auc_std=("test_auc", _std), seeds=("seed", "nunique")).reset_index()
+    out["pareto"] = False
+    for _, group in out.groupby([*by, *KEYS], dropna=False, sort=False):
+        for i, r in group.iterrows():
+            cheaper = group[(group["inference_bytes"] <= r["inference_bytes"]) & (group.index != i)]
+            out.loc[i, "pareto"] = bool((cheaper["auc_mean"] <= r["auc_mean"]).all())
+    return _ordered(out, by)[columns]
+
+
+def bytes_reduction(table: pd.DataFrame, by: Sequence[str] = (), tolerance: float = 0.0,
+                    reference_dim: int | None = None) -> pd.DataFrame:
+    """Per (dataset, model, method): the method's smallest deployed embedding (bytes) whose mean AUC
+    reaches the single-layer reference's (largest d, or ``reference_dim``) minus ``tolerance``, and
+    the factor reference bytes / method bytes. A method: an embedding kind (with its quantisation,
+    ``hash+int8``) over all its arms (knobs, d, k)."""
+    rows = []
+    for key, group in table.groupby([*by, *KEYS], dropna=False, sort=True):
+        key = dict(zip([*by, *KEYS], key if isinstance(key, tuple) else (key,)))
+        single = group[group["embedding"] == REFERENCE].set_index("dim")
+        ref_d = ref_auc = ref_bytes = None
+        note = "no single-layer runs"
+        if not single.empty:
+            ref_d = int(reference_dim) if reference_dim is not None else int(single.index.max())
+            note = "" if ref_d in single.index else f"no single-layer run at d={ref_d}"
+            if not note:
+                ref_auc, ref_bytes = float(single.loc[ref_d, "auc_mean"]), float(single.loc[ref_d, "inference_bytes"])
+        for kind, arms in _methods(group).groupby("embedding", sort=True):
+            row = {**key, "embedding": kind, "reference_dim": ref_d, "reference_auc": ref_auc,
+                   "reference_bytes": ref_bytes, "method_label": None, "method_bytes": None, "method_auc": None,
+                   "factor": np.nan, "reached": False, "best_auc": float(arms["auc_mean"].max()), "note": note}
+            if ref_auc is not None:
+                hit = arms[arms["auc_mean"] >= ref_auc - tolerance].sort_values("inference_bytes")
+                if hit.empty:
+                    row["note"] = f"never reaches the target (best {kind_name(kind)} AUC {row['best_auc']:.4f})"
+                else:
+                    best = hit.iloc[0]
+                    row.update(method_label=f"{best['label']} d={int(best['dim'])}",
+                               method_bytes=float(best["inference_bytes"]), method_auc=float(best["auc_mean"]),
+                               factor=ref_bytes / float(best["inference_bytes"]), reached=True)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=[*by, *KEYS, "embedding", "reference_dim", "reference_auc", "reference_bytes",
+                                       "method_label", "method_bytes", "method_auc", "factor", "reached", "best_auc",
+                                       "note"])
+
+
 def auc_vs_inner_dim(table: pd.DataFrame, by: Sequence[str] = ()) -> pd.DataFrame:
     """Each method's rows of a (dataset, model, d) run with more than one k, with the single-layer AUC
     at that d."""
@@ -669,6 +728,7 @@ class Panel:
     ylabel: str
     title: str = ""
     log2_x: bool = False
+    log_x: bool = False  # log10 axis (bytes)
     xticks: tuple[Sequence, Sequence[str]] | None = None
     rotate_xticks: bool = False
     integer_x: bool = False
@@ -699,6 +759,10 @@ def plot(path: Path, panels: Sequence[Panel], title: str = "", sharey: bool = Fa
                     ax.axhspan(m - s, m + s, color="gray", alpha=0.15)
             elif line.style == "guide":
                 ax.plot(line.x, line.y, color="gray", linewidth=0.8, label=line.label)
+            elif line.style == "front":  # open squares around the points of a front, joined by a step line
+                ax.step(line.x, line.y, where="post", color="gray", linewidth=0.8, linestyle=":")
+                ax.plot(line.x, line.y, linestyle="none", marker="s", markersize=10, markerfacecolor="none",
+                        color="black", label=line.label)
             else:
                 ref = line.style == "reference"
                 err = None if line.err is None else pd.Series(line.err, dtype=float).fillna(0).to_numpy()
@@ -706,6 +770,8 @@ def plot(path: Path, panels: Sequence[Panel], title: str = "", sharey: bool = Fa
                             linestyle="--" if ref else "-", color="black" if ref else None)
         if panel.log2_x:
             ax.set_xscale("log", base=2)
+        if panel.log_x:
+            ax.set_xscale("log")
         if panel.xticks is not None:
             ax.set_xticks(*panel.xticks, rotation=45 if panel.rotate_xticks else 0)
         if panel.integer_x:
@@ -900,6 +966,47 @@ def reduction_section(rep: Report) -> Section:
     return Section("Dimension reduction at equal AUC", body)
 
 
+def bytes_section(rep: Report) -> Section | None:
+    table = rep.table("auc_vs_bytes", auc_vs_bytes(rep.runs, rep.by))
+    if table.empty:
+        return None
+    reduction = rep.table("bytes_reduction", bytes_reduction(table, rep.by, rep.tolerance, rep.reference_dim))
+    ref = f"d = {rep.reference_dim}" if rep.reference_dim is not None else "the largest single-layer d run"
+    body = ["Deployed embedding bytes: the tables as exported (collapsed; quantised where `quantize` is set: codes, "
+            "scales, biases), plus the projections a method keeps at inference. A method is an embedding kind with "
+            "its quantisation (`hash+int8`); its arms are its knobs (buckets, remainder rows, alpha, TT rank, k) and d. "
+            "Pareto: no arm of the same data and model has fewer or equal bytes and a higher mean AUC.", ""]
+    rows = [[*rep.cells(r), r["data"], r["model"], r["label"], int(r["dim"]), _fmt(r["inference_bytes"], 0),
+             _pm(r["auc_mean"], r["auc_std"]), int(r["seeds"]), "yes" if r["pareto"] else ""]
+            for _, r in table.iterrows()]
+    body += [markdown_table([*rep.by, "data", "model", "method", "d", "embedding bytes", "test AUC", "seeds",
+                             "Pareto"], rows), ""]
+    body += [f"Bytes at equal AUC. Reference: the single-layer model at {ref}. Method bytes: the smallest deployed "
+             f"embedding of the method whose mean AUC is at least the reference AUC minus the tolerance "
+             f"{rep.tolerance:g}; factor: reference bytes / method bytes.", ""]
+    rows = [[*rep.cells(r), r["data"], r["model"], kind_name(r["embedding"]),
+             _fmt(r["reference_bytes"], 0) if r["reference_bytes"] is not None else "-", _fmt(r["reference_auc"]),
+             r["method_label"] or "-", _fmt(r["method_bytes"], 0) if r["method_bytes"] is not None else "-",
+             _fmt(r["method_auc"]), f"{r['factor']:.3g}x" if r["reached"] else "-", r["note"] or ""]
+            for _, r in reduction.iterrows()]
+    body += [markdown_table([*rep.by, "data", "model", "method", "reference bytes", "reference AUC", "arm",
+                             "method bytes", "method AUC", "factor", "note"], rows), ""]
+
+    def draw(key, group):
+        lines = []
+        for kind, series in group.groupby("embedding", sort=True):
+            series = series.sort_values("inference_bytes")
+            lines.append(Line(kind_name(kind), series["inference_bytes"].tolist(), series["auc_mean"].tolist(),
+                              series["auc_std"].tolist(), "reference" if kind == REFERENCE else "method"))
+        front = group[group["pareto"]].sort_values("inference_bytes")
+        lines.append(Line("Pareto front", front["inference_bytes"].tolist(), front["auc_mean"].tolist(), style="front"))
+        return [Panel(lines, "deployed embedding bytes", "test AUC (mean ± std over seeds)", log_x=True)], {
+            "title": _title(key)}
+
+    body += rep.figures(table, [*rep.by, *KEYS], lambda key: f"auc_vs_bytes_{_slug(*key)}", draw, "AUC vs bytes")
+    return Section("AUC against deployed embedding bytes", body)
+
+
 def inner_dim_section(rep: Report) -> Section:
     inner = rep.table("auc_vs_inner_dim", auc_vs_inner_dim(rep.tables["auc_vs_dim"], rep.by))
     if inner.empty:
@@ -1047,7 +1154,8 @@ def mechanism_section(rep: Report) -> Section:
 # The report, in order: a section is a function of the Report returning a Section (or None to leave
 # itself out); add one by adding it here. Sections numbered 1, 2, ... as rendered.
 SECTIONS: list[Callable[[Report], Section | None]] = [
-    tuning_section, controls_section, auc_section, reduction_section, inner_dim_section, buckets_section, spectrum_section,
+    tuning_section, controls_section, auc_section, reduction_section, bytes_section, inner_dim_section,
+    buckets_section, spectrum_section,
     mechanism_section,
 ]
 

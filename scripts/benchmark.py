@@ -11,7 +11,10 @@ DLRM with BARS-sized MLPs (bottom and top 400-400-400, batch norm, dropout 0.2).
    (iso-quality): step time and peak memory;
 3. step time at a total vocabulary of 1M against 10M rows, with the sparse optimiser and with dense Adam;
 4. seconds for the exact AUC (and logloss) over 5 million predictions;
-5. DataLoader workers: batches/s of the training loader with 0 and 2 worker processes.
+5. DataLoader workers: batches/s of the training loader with 0 and 2 worker processes;
+6. the table-reduction types at 1/16 of the single-layer bytes (hash, hash_mlet, qr, mixed_dim,
+   mixed_dim_mlet, tt; ``embedding.budget=0.0625``) against single-layer d=16: step time and peak
+   training memory.
 
 Two configurations compared for speed run in one subprocess, in alternating chunks of
 ``--steps`` steps (on a shared machine the load swings step times between processes far more than
@@ -25,6 +28,7 @@ high-water mark above its level after data generation on a CPU (reset through
     python scripts/benchmark.py --threads 1           # steadier on a machine shared with others
     python scripts/benchmark.py --large-vocab 0       # skip the 10M-row configurations
     python scripts/benchmark.py --vocab 10000000      # everything at 10M rows
+    python scripts/benchmark.py --items 6             # only the table-reduction rows
 """
 
 from __future__ import annotations
@@ -162,14 +166,20 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+# the embedding= options the benchmark builds (class names in mlet.embeddings)
+EMBEDDINGS = {"single": "SingleLayerEmbedding", "mlet": "MLETEmbedding", "hash": "HashEmbedding",
+              "hash_mlet": "HashMLETEmbedding", "qr": "QREmbedding", "mixed_dim": "MixedDimEmbedding",
+              "mixed_dim_mlet": "MixedDimMLETEmbedding", "tt": "TTEmbedding"}
+REDUCTIONS = ["hash", "hash_mlet", "qr", "mixed_dim", "mixed_dim_mlet", "tt"]  # item 6
+
+
 def build_net(cfg: dict, cards: list[int]):
-    from mlet.embeddings import MLETEmbedding, SingleLayerEmbedding
+    import mlet.embeddings
     from mlet.models.dlrm import DLRM
 
-    if cfg["embedding"] == "mlet":
-        emb = MLETEmbedding(cards, cfg["dim"], cfg["inner_dim"])
-    else:
-        emb = SingleLayerEmbedding(cards, cfg["dim"])
+    kwargs = {"inner_dim": cfg["inner_dim"]} if cfg["embedding"] == "mlet" else {}
+    emb = getattr(mlet.embeddings, EMBEDDINGS[cfg["embedding"]])(cards, cfg["dim"], **kwargs,
+                                                                 **cfg.get("embedding_args", {}))
     model = DLRM(len(cards), emb.dim, NUM_DENSE, bottom_mlp=BARS_MLP, top_mlp=BARS_MLP, dropout=0.2, batch_norm=True)
     return emb, model
 
@@ -426,7 +436,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads per process (0: torch's default); "
                     "1 gives steadier ratios on a shared machine")
-    ap.add_argument("--items", default="1,2,3,4,5", help="which items to run, e.g. 1,4")
+    ap.add_argument("--items", default="1,2,3,4,5,6", help="which items to run, e.g. 1,4")
     ap.add_argument("--json", type=Path, default=None, help="also write every raw measurement here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -525,6 +535,19 @@ def main() -> None:
         r = res["workers2_batches_per_s"] / res["workers0_batches_per_s"]
         add(5, "training loader batches/s: 2 workers / 0 workers (in-memory arrays)", res["device"],
             f"{res['workers0_batches_per_s']:.1f}/s", f"{res['workers2_batches_per_s']:.1f}/s", f"{r:.2f}x")
+
+    if 6 in items:
+        ref_cfg = {"embedding": "single", "dim": 16}
+        ref = child("6 memory single d16", "single", **ref_cfg, **short)
+        for kind in REDUCTIONS:
+            args_ = {"budget": 0.0625, **({"inner_dim": 64} if kind.endswith("_mlet") else {})}
+            val_cfg = {"embedding": kind, "dim": 16, "embedding_args": args_}
+            res = child(f"6 single d16 vs {kind}", "pair", a=ref_cfg, b=val_cfg)
+            r = res["b_step_s"] / res["a_step_s"]
+            add(6, f"step time: {kind} at 1/16 of the bytes / single d16 (plain loop; one process, alternating "
+                "chunks)", res["device"], ms(res["a_step_s"]), ms(res["b_step_s"]), f"{r:.2f}x")
+            val = child(f"6 memory {kind}", "single", **val_cfg, **short)
+            memory_row(6, f"peak memory: {kind} at 1/16 of the bytes / single d16 (mlet loop)", ref, val)
 
     cpu = os.cpu_count()
     print(f"\nmlet benchmark: vocab {args.vocab:,} rows (item 3: {args.large_vocab:,}), batch {args.batch}, "

@@ -76,10 +76,13 @@ class MLETEmbedding(FieldEmbedding):
             look up rows of ``A`` and multiply them by ``B`` (the same numbers up to float
             rounding, no ``n x d`` table). ``auto``: ``gather`` when the table would exceed
             ``AUTO_GATHER_ENTRIES`` entries, else ``collapse``. Export always collapses (``collapse()``).
+        budget: ignored (the reduction types' byte budget); accepted so that one sweep over budgets
+            includes MLET at the reference d, run once.
     """
 
     kind = "mlet"
     arm_keys = ("inner_dim",)
+    ignored_keys = ("budget",)
     key_names = {"inner_dim": "k"}
 
     def __init__(
@@ -94,6 +97,7 @@ class MLETEmbedding(FieldEmbedding):
         eval_mode: str = "auto",
         table_init: str = "normal",
         init_std: float | None = 1e-4,
+        budget: float | None = None,
     ) -> None:
         super().__init__(cardinalities, dim)
         self.eval_mode = check_eval_mode(eval_mode)

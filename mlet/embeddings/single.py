@@ -20,6 +20,8 @@ class SingleLayerEmbedding(FieldEmbedding):
         sparse: produce sparse row gradients (for SparseAdam / sparse SGD / Adagrad).
         inner_dim: ignored (a single-layer table has no inner dimension); accepted so that one
             sweep can set ``embedding.inner_dim`` for both embedding types.
+        budget: ignored (the reduction types' byte budget, :mod:`mlet.embeddings.budget`); accepted
+            so that one sweep over budgets includes the single-layer reference, run once.
         eval_mode: checked, otherwise ignored (a single-layer table is its own collapsed form);
             accepted for the same reason.
         table_init, init_std: how the table is drawn, ``normal`` with std ``init_std`` (default
@@ -28,7 +30,7 @@ class SingleLayerEmbedding(FieldEmbedding):
     """
 
     kind = "single"
-    ignored_keys = ("inner_dim",)
+    ignored_keys = ("inner_dim", "budget")
 
     def __init__(
         self,
@@ -36,6 +38,7 @@ class SingleLayerEmbedding(FieldEmbedding):
         dim: int,
         sparse: bool = False,
         inner_dim: int | None = None,
+        budget: float | None = None,
         eval_mode: str = "auto",
         table_init: str = "normal",
         init_std: float | None = 1e-4,
