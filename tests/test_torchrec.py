@@ -1,0 +1,147 @@
+"""The TorchRec backend (embedding.backend=torchrec): errors, equality with the native backend
+(unsharded in one process; sharded table- and column-wise over 2 gloo processes), the fused
+optimiser mapping. Tests that need torchrec skip with the install command when it is missing;
+``.ci/run`` installs it (scripts/install_torchrec.sh), so there they run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlet.embeddings import MLETEmbedding, SingleLayerEmbedding
+from mlet.errors import MletError
+from mlet.optim import RowWiseAdagrad, SparseAwareOptimizer
+
+CARDS = [7, 3, 11]
+
+
+def _has_torchrec() -> bool:
+    try:
+        import torchrec.distributed  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+needs_torchrec = pytest.mark.skipif(
+    not _has_torchrec(), reason="torchrec is not installed (scripts/install_torchrec.sh installs it)"
+)
+
+
+def test_missing_install_is_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchrec", None)  # import torchrec -> ImportError
+    with pytest.raises(MletError) as err:
+        MLETEmbedding(CARDS, 4, 8, backend="torchrec")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "embedding.backend=torchrec" in message and "scripts/install_torchrec.sh" in message
+
+
+@pytest.mark.parametrize("make,key", [
+    (lambda: SingleLayerEmbedding(CARDS, 2, backend="torchrec"), "embedding.dim=2"),
+    (lambda: MLETEmbedding(CARDS, 2, 6, backend="torchrec"), "embedding.inner_dim=6"),
+])
+def test_dim_not_divisible_by_4_is_one_line_error(make, key):
+    with pytest.raises(ValueError) as err:
+        make()
+    message = str(err.value)
+    assert "\n" not in message and key in message and "divisible by 4" in message
+
+
+def test_dim_constraint_only_binds_the_torchrec_backend():
+    assert SingleLayerEmbedding(CARDS, 2).dim == 2  # native: any dim
+    with pytest.raises(ValueError, match="embedding.sharding must be one of"):
+        SingleLayerEmbedding(CARDS, 4, backend="torchrec", sharding="by_magic")
+    with pytest.raises(ValueError, match="embedding.backend must be one of"):
+        SingleLayerEmbedding(CARDS, 4, backend="tensorflow")
+
+
+def test_rowwise_adagrad_sparse_equals_dense_and_keeps_one_value_per_row():
+    torch.manual_seed(0)
+    weights = [torch.nn.Embedding(20, 8, sparse=s) for s in (True, False)]
+    weights[1].weight.data.copy_(weights[0].weight.data)
+    opts = [RowWiseAdagrad(w.parameters(), lr=0.1) for w in weights]
+    idx = torch.tensor([1, 1, 4, 9])
+    for _ in range(3):
+        for w, opt in zip(weights, opts):
+            opt.zero_grad()
+            (w(idx) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(weights[0].weight, weights[1].weight)
+    assert opts[0].state[weights[0].weight]["sum"].shape == (20,)
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[idx] = False
+    assert (opts[0].state[weights[0].weight]["sum"][untouched] == 0).all()
+
+
+# ---- with torchrec -------------------------------------------------------------------------------
+@needs_torchrec
+@pytest.mark.parametrize("kind", ["single", "mlet"])
+def test_unsharded_torchrec_tables_compute_the_native_outputs(kind):
+    def make(backend):
+        torch.manual_seed(3)
+        if kind == "single":
+            return SingleLayerEmbedding(CARDS, 4, backend=backend, init_std=0.1)
+        return MLETEmbedding(CARDS, 4, 8, backend=backend, init_std=0.1)
+
+    native, trec = make("native"), make("torchrec")
+    after = torch.rand(())  # the backend draws nothing of its own: the next draw is the same
+    make("native")
+    assert torch.rand(()) == after
+    idx = torch.tensor([[0, 1, 10], [6, 2, 0], [6, 2, 0]])
+    torch.testing.assert_close(trec(idx), native(idx))
+    torch.testing.assert_close(trec.collapse().table.weight, native.collapse().table.weight)
+    rows = torch.tensor([0, 8, 20])
+    torch.testing.assert_close(trec.collapsed_rows(rows), native.collapsed_rows(rows))
+    assert trec.for_evaluation() is trec  # evaluation looks rows up in the (sharded) tables
+
+
+@needs_torchrec
+def test_fused_optimizer_follows_the_optimizer_group():
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    from mlet.optim import fused_table_optimizer
+
+    def opt(dense, sparse=None, **kw):
+        return SparseAwareOptimizer(partial(dense), partial(sparse) if sparse else None, **kw)
+
+    assert fused_table_optimizer(opt(torch.optim.SGD, torch.optim.SGD, lr=0.2)) == {
+        "optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.2}
+    rowwise = fused_table_optimizer(opt(torch.optim.Adagrad, RowWiseAdagrad, lr=0.01, table_lr_scale=2.0))
+    assert rowwise["optimizer"] == EmbOptimType.EXACT_ROWWISE_ADAGRAD and rowwise["learning_rate"] == 0.02
+    assert fused_table_optimizer(opt(torch.optim.Adam, torch.optim.SparseAdam, lr=1e-3))["optimizer"] == EmbOptimType.ADAM
+    assert fused_table_optimizer(opt(torch.optim.Adagrad, torch.optim.Adagrad, lr=0.01))["optimizer"] == EmbOptimType.EXACT_ADAGRAD
+    with pytest.raises(MletError, match="no fused FBGEMM optimiser for RMSprop"):
+        fused_table_optimizer(opt(torch.optim.RMSprop, lr=0.01))
+
+
+WORKER = Path(__file__).with_name("torchrec_worker.py")
+
+
+def _run_worker(out: Path, kind: str, sharding: str, world: int) -> dict:
+    done = subprocess.run([sys.executable, str(WORKER), str(out), kind, sharding, str(world)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.torchrec
+@needs_torchrec
+@pytest.mark.parametrize("kind", ["single", "mlet"])
+@pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
+def test_two_process_sharded_training_equals_native_single_process(tmp_path, kind, sharding):
+    """Identical initial weights, plain SGD (fused EXACT_SGD for the sharded tables), the same global
+    batches: the loss of every step and the final collapsed table (each process collapsing its own
+    shards) match the native one-process run."""
+    native = _run_worker(tmp_path / "native.pt", kind, "auto", 1)
+    sharded = _run_worker(tmp_path / "sharded.pt", kind, sharding, 2)
+    assert sharding in sharded["plan"] and "rank:1" in sharded["plan"]  # really split over both processes
+    torch.testing.assert_close(torch.tensor(sharded["losses"]), torch.tensor(native["losses"]), rtol=1e-5, atol=1e-6)
+    assert len(set(native["losses"])) > 1  # it trained
+    torch.testing.assert_close(sharded["collapsed"], native["collapsed"], rtol=1e-5, atol=1e-6)
