@@ -279,7 +279,7 @@ def _factory_func(factory: OptimizerFactory | None):
     return factory.func if isinstance(factory, functools.partial) else factory
 
 
-def fused_table_optimizer(optimizer: Any) -> dict[str, Any]:
+def fused_table_optimizer(optimizer: Any, device_type: str = "cuda") -> dict[str, Any]:
     """FBGEMM's ``fused_params`` for the tables' optimiser (TorchRec backend), from what
     ``conf/optimizer`` built: the table optimiser (``sparse``, else ``dense``) becomes its fused
     FBGEMM counterpart, with the tables' learning rate (``lr * table_lr_scale``).
@@ -289,6 +289,9 @@ def fused_table_optimizer(optimizer: Any) -> dict[str, Any]:
     rows a batch touched, with a global step count: ``SparseAdam``'s lazy algorithm; under
     ``optimizer=adam`` the tables' update thus differs from native dense Adam's). Anything else is
     a one-line error naming the key.
+
+    FBGEMM's CPU kernels have no Adam (and TorchRec shards tables only with the fused kernel), so
+    on ``device_type="cpu"`` the Adam family is a one-line error naming the CPU choices.
     """
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
 
@@ -312,6 +315,11 @@ def fused_table_optimizer(optimizer: Any) -> dict[str, Any]:
     elif func is RowWiseAdagrad:
         params.update(optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, eps=float(given.get("eps", 1e-8)))
     elif func in (torch.optim.SparseAdam, torch.optim.Adam):
+        if device_type == "cpu":
+            raise MletError(
+                f"embedding.backend=torchrec on a CPU: FBGEMM has no fused {_name(factory)} for CPU tables "
+                "(Adam runs on GPUs); use optimizer=rowwise_adagrad, adagrad or sgd"
+            )
         beta1, beta2 = given.get("betas", (0.9, 0.999))
         params.update(optimizer=EmbOptimType.ADAM, eps=float(given.get("eps", 1e-8)), beta1=float(beta1),
                       beta2=float(beta2))

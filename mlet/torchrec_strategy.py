@@ -96,7 +96,7 @@ def shard(module: nn.Module, optimizer: Any, device: torch.device) -> Any:
     tables = torchrec_tables(module)
     initial = {name: {key: t.collection.embedding_bags[key].weight.detach().cpu().clone() for key in t.keys}
                for name, t in tables.items()}
-    sharder = EmbeddingBagCollectionSharder(fused_params=fused_table_optimizer(optimizer))
+    sharder = EmbeddingBagCollectionSharder(fused_params=fused_table_optimizer(optimizer, device.type))
     world = dist.get_world_size()
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world, compute_device=device.type, local_world_size=get_local_size(world)),
@@ -194,15 +194,21 @@ class TorchRecStrategy(DDPStrategy):
             path.unlink()
         self.barrier("torchrec_save")
         dcp.save(sharded, checkpoint_id=path)
+        # this process's dense optimiser states: the same on every process for replicated parameters;
+        # its own for sharded tables trained by a dense optimiser (Adam on a CPU, no fused kernel)
+        torch.save(checkpoint.get("optimizer_states", []), path / f"optimizer_rank{self.global_rank}.pt")
         if self.global_rank == 0:
             torch.save(rest, path / META_FILE)
         self.barrier("torchrec_saved")
 
-    def load_checkpoint(self, checkpoint_path) -> dict[str, Any]:
+    def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
         import torch.distributed.checkpoint as dcp
 
         path = Path(checkpoint_path)
         checkpoint = torch.load(path / META_FILE, map_location="cpu", weights_only=False)
+        own = path / f"optimizer_rank{self.global_rank}.pt"
+        if own.is_file():
+            checkpoint["optimizer_states"] = torch.load(own, map_location="cpu", weights_only=False)
         template = self._sharded_state(self.lightning_module.state_dict())
         dcp.load(template, checkpoint_id=path)
         for name, t in torchrec_tables(self.lightning_module).items():  # copy into the live shards
@@ -238,3 +244,32 @@ def load_shards(tables: TorchRecTables, loaded: dict[str, Any]) -> None:
         for dst, src in zip(live.local_shards(), value.local_shards()):
             if dst.tensor.data_ptr() != src.tensor.data_ptr():
                 dst.tensor.copy_(src.tensor)
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """A checkpoint :class:`TorchRecStrategy` wrote: a directory with ``meta.ckpt``."""
+    return (Path(path) / META_FILE).is_file()
+
+
+def native_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of a sharded checkpoint as the native backend names them, read in one process
+    (no process group, no torchrec needed): each field's table ``<emb>.collection.embedding_bags.
+    field_<f>.weight``, whatever its sharding, is read whole and the fields are concatenated into
+    ``<emb>.weight``. What ``mlet-export`` loads into a native network: the same collapsed program."""
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(path)
+    state = dict(torch.load(path / META_FILE, map_location="cpu", weights_only=False)["state_dict"])
+    metadata = dcp.FileSystemReader(str(path)).read_metadata()
+    tables = {}
+    for key, meta in metadata.state_dict_metadata.items():
+        if key.startswith("state_dict.") and ".collection.embedding_bags." in key:
+            tables[key.removeprefix("state_dict.")] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
+    dcp.load({"state_dict": tables}, checkpoint_id=path, no_dist=True)
+    grouped: dict[str, dict[int, torch.Tensor]] = {}
+    for key, weight in tables.items():
+        owner, _, table = key.partition(".collection.embedding_bags.")
+        grouped.setdefault(owner, {})[int(table.removesuffix(".weight").rsplit("_", 1)[1])] = weight
+    for owner, fields in grouped.items():
+        state[f"{owner}.weight"] = torch.cat([fields[f] for f in sorted(fields)])
+    return state

@@ -116,6 +116,8 @@ def test_fused_optimizer_follows_the_optimizer_group():
     assert rowwise["optimizer"] == EmbOptimType.EXACT_ROWWISE_ADAGRAD and rowwise["learning_rate"] == 0.02
     assert fused_table_optimizer(opt(torch.optim.Adam, torch.optim.SparseAdam, lr=1e-3))["optimizer"] == EmbOptimType.ADAM
     assert fused_table_optimizer(opt(torch.optim.Adagrad, torch.optim.Adagrad, lr=0.01))["optimizer"] == EmbOptimType.EXACT_ADAGRAD
+    with pytest.raises(MletError, match="optimizer=rowwise_adagrad, adagrad or sgd"):  # no Adam on FBGEMM's CPU
+        fused_table_optimizer(opt(torch.optim.Adam, torch.optim.SparseAdam, lr=1e-3), "cpu")
     with pytest.raises(MletError, match="no fused FBGEMM optimiser for RMSprop"):
         fused_table_optimizer(opt(torch.optim.RMSprop, lr=0.01))
 

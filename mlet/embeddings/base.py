@@ -95,8 +95,12 @@ class FieldEmbedding(nn.Module, ABC):
 
     @property
     def train_parameters(self) -> int:
-        """Parameters trained (for MLET: the factors A and B)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        """Parameters trained (for MLET: the factors A and B), whole tables counted also where
+        this process holds only its shards of them (``embedding.backend=torchrec``)."""
+        tables = [m for m in self.modules() if hasattr(m, "full_numel")]
+        inside = {id(p) for t in tables for p in t.parameters()}
+        rest = sum(p.numel() for p in self.parameters() if p.requires_grad and id(p) not in inside)
+        return rest + sum(t.full_numel for t in tables)
 
     @property
     def inference_parameters(self) -> int:

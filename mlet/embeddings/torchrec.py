@@ -122,6 +122,11 @@ class TorchRecTables(nn.Module):
         return pooled.values().view(batch, fields, self.width)
 
     @property
+    def full_numel(self) -> int:
+        """Entries of all the tables together (however they are sharded)."""
+        return sum(self.cardinalities) * self.width
+
+    @property
     def is_sharded(self) -> bool:
         """Whether a strategy has replaced the collection by its sharded form."""
         return type(self.collection).__name__ != "EmbeddingBagCollection"
