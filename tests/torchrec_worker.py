@@ -1,9 +1,9 @@
 """Run by tests/test_torchrec.py: the same tiny training under the native backend (one process) and
 the TorchRec backend (``WORLD`` gloo processes on the CPU, tables sharded), for the equality tests.
 
-Usage: ``python tests/torchrec_worker.py OUT KIND SHARDING WORLD`` (KIND: single | mlet; WORLD 1:
-native, in this process). Writes ``OUT`` (torch.save): the loss of every step (the global batch's
-mean), the final collapsed table, and the collapsed table computed from sharded vs gathered weights.
+Usage: ``python tests/torchrec_worker.py OUT KIND SHARDING WORLD [OPTIMIZER]`` (KIND: single | mlet;
+WORLD 1: native, in this process; OPTIMIZER: sgd (default) | rowwise_adagrad). Writes ``OUT``
+(torch.save): the loss of every step (the global batch's mean), the final collapsed table, and the collapsed table computed from sharded vs gathered weights.
 """
 
 import os
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 CARDS = [37, 11, 5, 23]
+OPTIMIZER = "sgd"
 DIM, INNER, DENSE, BATCH, STEPS, LR = 4, 8, 3, 32, 6, 0.5
 
 
@@ -40,10 +41,13 @@ def batches():
 
 
 def sgd():
+    """Plain SGD everywhere, or (OPTIMIZER=rowwise_adagrad) Adagrad + row-wise Adagrad on the tables."""
     from functools import partial
 
-    from mlet.optim import SparseAwareOptimizer
+    from mlet.optim import RowWiseAdagrad, SparseAwareOptimizer
 
+    if OPTIMIZER == "rowwise_adagrad":
+        return SparseAwareOptimizer(partial(torch.optim.Adagrad), partial(RowWiseAdagrad), lr=0.05)
     return SparseAwareOptimizer(partial(torch.optim.SGD), partial(torch.optim.SGD), lr=LR)
 
 
@@ -63,7 +67,9 @@ def native(out: str, kind: str) -> None:
     torch.save({"losses": losses, "collapsed": collapsed}, out)
 
 
-def sharded(rank: int, world: int, out: str, kind: str, sharding: str, port: int) -> None:
+def sharded(rank: int, world: int, out: str, kind: str, sharding: str, port: int, optimizer: str) -> None:
+    global OPTIMIZER
+    OPTIMIZER = optimizer
     import torch.distributed as dist
 
     from mlet.torchrec_strategy import shard
@@ -97,10 +103,11 @@ def sharded(rank: int, world: int, out: str, kind: str, sharding: str, port: int
 
 if __name__ == "__main__":
     out, kind, sharding, world = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    OPTIMIZER = sys.argv[5] if len(sys.argv) > 5 else "sgd"
     if world == 1:
         native(out, kind)
     else:
         import torch.multiprocessing as mp
 
         port = 29500 + os.getpid() % 1000
-        mp.spawn(sharded, args=(world, out, kind, sharding, port), nprocs=world)
+        mp.spawn(sharded, args=(world, out, kind, sharding, port, OPTIMIZER), nprocs=world)
