@@ -86,8 +86,14 @@ def _backend_strategy(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if chosen not in ("auto", "ddp"):
         raise MletError(f"embedding.backend=torchrec trains with its own strategy (DDP with sharded tables): "
                         f"trainer.strategy={chosen} cannot be used with it (use trainer=cpu, gpu or ddp)")
+    from mlet.embeddings.torchrec import require_torchrec
+    from mlet.optim import fused_table_optimizer
     from mlet.torchrec_strategy import TorchRecStrategy
 
+    require_torchrec()
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    fused_table_optimizer(instantiate(cfg.optimizer), "cuda" if on_gpu else "cpu")  # refused before any process starts
     return {"strategy": TorchRecStrategy(plan_dir=output_dir)}
 
 
@@ -189,6 +195,7 @@ def _fit(trainer: pl.Trainer, module: CTRModule, datamodule, ckpt_path: str | No
 
 
 def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = False) -> dict[str, Any]:
+    backend = _backend_strategy(cfg, output_dir)  # a TorchRec backend that cannot run fails before the data is built
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
     if sweep.process_rank() == 0:
@@ -200,7 +207,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = Fa
     plain = any(isinstance(cb, LogProgress) and cb.active(bar) for cb in callbacks)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       **({"enable_progress_bar": False} if plain and bar else {}),
-                                      **_backend_strategy(cfg, output_dir))
+                                      **backend)
     for lg in loggers:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": sweep.identity(cfg)})
 

@@ -5,6 +5,7 @@ optimiser mapping. Tests that need torchrec skip with the install command when i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from functools import partial
@@ -176,3 +177,52 @@ def test_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_pa
     assert resumed["val_history"] == full["val_history"]
     torch.testing.assert_close(resumed["collapsed"], full["collapsed"], rtol=0, atol=0)
     assert "table_wise" in (tmp_path / "a" / "sharding_plan.txt").read_text()
+
+
+DONE_WHEN = ["embedding=mlet", "embedding.backend=torchrec", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+SMALL = ["data.rows=3000", "data.num_fields=5", "data.num_dense=3", "data.max_cardinality=300", "model.bottom_mlp=[8]",
+         "model.top_mlp=[16]", "embedding.dim=4", "embedding.inner_dim=16", "datamodule.batch_size=256",
+         "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "logger=none"]
+
+
+@pytest.mark.slow
+@pytest.mark.torchrec
+@needs_torchrec
+def test_mlet_train_with_torchrec_on_two_cpu_processes_trains_resumes_and_exports(tmp_path):
+    """The issue's command. As written (the default optimizer=sparse_adam) it stops on a CPU with one
+    line, before any data is built: FBGEMM has no CPU Adam. With optimizer=rowwise_adagrad (and small
+    data) it trains, writes record.json and the sharding plan, reports instead of retraining when
+    started again, and mlet-export writes the collapsed program whose test AUC is the record's."""
+    import numpy as np
+
+    from mlet.data import SyntheticCTR
+    from mlet.metrics import auc
+    from tests.conftest import run_cli, run_script
+
+    as_written = run_cli(DONE_WHEN, tmp_path, timeout=300)
+    assert as_written.returncode == 2, as_written.stderr[-2000:]
+    last = as_written.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlet-train: error: embedding.backend=torchrec on a CPU") and "optimizer=rowwise_adagrad" in last
+
+    args = [*DONE_WHEN, "optimizer=rowwise_adagrad", *SMALL]
+    done = run_cli(args, tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = [p.parent for p in (tmp_path / "outputs" / "runs").glob("*/record.json")]
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "completed" and record["test_auc"] > 0.5
+    plan = (run_dir / "sharding_plan.txt").read_text()
+    assert "embedding.inner.collection" in plan and "fused" in plan
+    assert (Path(record["best_checkpoint"]) / "meta.ckpt").is_file()  # a sharded checkpoint
+
+    again = run_cli(args, tmp_path, timeout=300)
+    assert again.returncode == 0 and "finished run" in again.stdout + again.stderr
+
+    exported = run_script("mlet-export", [str(run_dir), "--out", str(tmp_path / "exp")], tmp_path)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    program = torch.export.load(str(tmp_path / "exp" / "model.pt2")).module()
+    data_cfg = {k: v for k, v in record["config"]["data"].items() if k != "_target_"}
+    test = SyntheticCTR(**data_cfg).load().splits["test"]
+    with torch.no_grad():
+        logits = program(torch.from_numpy(test.dense), torch.from_numpy(test.cat.astype(np.int64)))
+    # the sharded evaluation of the best checkpoint and the exported collapsed program agree
+    assert abs(auc(logits, torch.from_numpy(test.label)) - record["test_auc"]) < 1e-4
