@@ -59,7 +59,9 @@ def _constraints(tables: dict[str, TorchRecTables], device_type: str, world: int
 
     from mlet.embeddings.torchrec import BackendError
 
-    sharded = [ShardingType.TABLE_WISE.value, ShardingType.COLUMN_WISE.value, ShardingType.TABLE_COLUMN_WISE.value]
+    # table_column_wise is left out of auto: with it (2 CPU processes, torchrec 1.8.0) the sharded
+    # lookup and the tables' state_dict disagreed (evaluation != collapse of the saved weights)
+    sharded = [ShardingType.TABLE_WISE.value, ShardingType.COLUMN_WISE.value]
     if device_type == "cuda":
         sharded += [ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
     out = {}
@@ -154,7 +156,9 @@ class TorchRecStrategy(DDPStrategy):
         if self._dmp is None:
             module = self.lightning_module
             self._dmp = shard(module, module.optimizer_factory, self.root_device)
-            module.fused_parameter_ids = {id(p) for p in self._dmp.fused_optimizer.params.values()}
+            # every parameter of a sharded (not data_parallel) table: FBGEMM's fused optimiser owns it
+            module.fused_parameter_ids = {id(p) for t in torchrec_tables(module).values()
+                                          if t.sharding != "data_parallel" for p in t.parameters()}
             plan = str(self._dmp.plan)
             log.info("TorchRec sharding plan:\n%s", plan)
             if self.plan_dir is not None and self.global_rank == 0:
