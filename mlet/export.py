@@ -29,7 +29,7 @@ from mlet.embeddings import SingleLayerEmbedding
 from mlet.module import CTRNet
 from mlet.cli import command
 from mlet.errors import MletError
-from mlet.records import write_record
+from mlet.records import RECORD_NAME, read_record, write_json
 
 EXPORT_NAME = "model.pt2"
 SPEC_NAME = "model.json"
@@ -50,10 +50,13 @@ def locate(target: str | Path) -> tuple[Path, Path]:
         return run_dir, target
     if not target.is_dir():
         raise ExportError(f"{target}: no such run directory or checkpoint")
-    record = target / "record.json"
+    record = target / RECORD_NAME
     if record.is_file():
-        best = json.loads(record.read_text()).get("best_checkpoint")
-        if best and Path(best).exists():
+        try:
+            best = read_record(record).best_checkpoint
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+        if best and Path(best).exists():  # a file, or a sharded checkpoint directory
             return target, Path(best)
     last = target / "checkpoints" / "last.ckpt"
     if last.exists():
@@ -91,10 +94,12 @@ def load_collapsed(target: str | Path) -> tuple[CTRNet, dict, Path]:
     except RuntimeError as exc:
         raise ExportError(f"{ckpt}: its weights do not fit the run's config.yaml and schema.json "
                           f"({str(exc).splitlines()[0]})") from None
-    net = CTRNet(module.embedding.collapse(), module.net.model).eval()
+    net = module.net.deployed().eval()
     spec = {"schema": schema, "data": OmegaConf.to_container(cfg.data, resolve=True),
             "embedding": module.embedding.kind, "dim": module.embedding.dim,
-            "inner_dim": getattr(module.embedding, "inner_dim", None)}
+            "arm": module.embedding.arm(), "label": module.embedding.label(),
+            "embedding_inference_parameters": module.embedding.inference_parameters,
+            "embedding_inference_bytes": module.embedding.inference_bytes}
     return net, spec, ckpt
 
 
@@ -163,12 +168,14 @@ def export(target: str | Path, out: str | Path | None = None) -> dict:
     program = torch.export.export(net, example, dynamic_shapes={"dense": {0: batch}, "cat": {0: batch}})
     torch.export.save(program, out / EXPORT_NAME)
 
-    embedding_params = sum(p.numel() for p in net.embedding.parameters())
+    embedding_params = spec.pop("embedding_inference_parameters")  # the embedding class states its deployed size
+    embedding_bytes = spec.pop("embedding_inference_bytes")
     reference = SingleLayerEmbedding(schema["cardinalities"], spec["dim"])
     sizes = {
         "embedding_parameters": embedding_params,
+        "embedding_bytes": embedding_bytes,
         "single_layer_embedding_parameters": sum(p.numel() for p in reference.parameters()),
-        "model_parameters": sum(p.numel() for p in net.model.parameters()),
+        "model_parameters": sum(p.numel() for p in net.parameters()) - embedding_params,
         "file_bytes": (out / EXPORT_NAME).stat().st_size,
     }
     spec = {**spec, "checkpoint": str(ckpt), "sizes": sizes, "inputs": ["dense[B, D] float32", "cat[B, F] int64"],
@@ -176,7 +183,7 @@ def export(target: str | Path, out: str | Path | None = None) -> dict:
     if vocabulary is None:
         spec["vocabulary_note"] = (f"{spec['data'].get('_target_')} has no raw file format: inputs are already "
                                    "category indices (no vocabulary; mlet-predict does not apply)")
-    write_record(out / SPEC_NAME, spec)
+    write_json(out / SPEC_NAME, spec)
     return spec
 
 

@@ -25,7 +25,7 @@ from mlet.callbacks import LogProgress
 from mlet.config_check import check_config
 from mlet.errors import MletError
 from mlet.module import CTRModule, init_model_
-from mlet.records import RECORD_NAME, write_record
+from mlet.records import RECORD_NAME, RECORD_VERSION, RunRecord, write_json
 
 log = logging.getLogger("mlet.train")
 
@@ -73,7 +73,7 @@ def save_run_spec(output_dir: Path, cfg: DictConfig, datamodule) -> None:
         # ckpt_path=<run>/checkpoints/... is named by them (mlet.resume)
         "choices": _choices(),
     }
-    write_record(output_dir / "schema.json", schema)
+    write_json(output_dir / "schema.json", schema)
 
 
 def _backend_strategy(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -137,9 +137,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if skip is not None:
             status, reason, existing = skip
             sweep.note_outcome(output_dir, status, reason)
-            if existing:
+            if existing is not None:
                 log.info("finished run %s", summary_line(existing, output_dir))
-            return {**(existing or {}), "status": "skipped", "skipped": status, "skip_reason": reason}
+            previous = existing.to_json() if existing is not None else {}
+            return {**previous, "status": "skipped", "skipped": status, "skip_reason": reason}
         check_config(cfg)
         if sweep.in_multirun():
             log.info("job %s: started", output_dir.name)
@@ -221,35 +222,35 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = Fa
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
 
     record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started)
-    record["seconds_prepare"] = round(seconds_prepare, 3)
+    record.seconds_prepare = round(seconds_prepare, 3)
     if trainer.is_global_zero:  # one record per job, also under DDP
-        write_record(output_dir / "record.json", record)
+        record.write(output_dir / RECORD_NAME)
         sweep.note_outcome(output_dir, "trained")
         _drop_resume_checkpoints(cfg, output_dir, keep=ckpt)
     for lg in loggers:
         if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
-            lg.experiment.summary.update({k: v for k, v in record.items() if k != "config"})
+            lg.experiment.summary.update({k: v for k, v in record.to_json().items() if k != "config"})
             lg.experiment.finish()  # one wandb run per job, also inside a multirun
     if trainer.is_global_zero:  # rank 0 wrote the record; the other ranks finish quietly
         log.info("%s %s", f"job {output_dir.name}: done," if sweep.in_multirun() else "done:", summary_line(record, output_dir))
-    return record
+    return record.to_json()
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.5f}" if isinstance(value, (int, float)) else "-"
 
 
-def summary_line(record: dict[str, Any], output_dir: Path) -> str:
-    """One line naming the run (data, model, embedding, d, k, seed) with its metrics."""
-    k = record.get("inner_dim")
-    best_epoch = record.get("best_epoch")
+def summary_line(record: RunRecord, output_dir: Path) -> str:
+    """One line naming the run (data, model, embedding, d, the arm's other keys, seed) with its metrics."""
+    kind, label = record.kind, record.label or ""
+    keys = label[len(kind):] if kind and label.startswith(kind) else (f" ({label})" if label else "")
+    best_epoch = record.best_epoch
     return (
-        f"data={record.get('data')} model={record.get('model')} embedding={record.get('embedding')} "
-        f"d={record.get('dim')}{f' k={k}' if k is not None else ''} seed={record.get('seed')}: "
-        f"collapsed val_auc={_fmt(record.get('val_auc'))}"
+        f"data={record.data} model={record.model} embedding={kind} d={record.dim}{keys} seed={record.seed}: "
+        f"collapsed val_auc={_fmt(record.val_auc)}"
         f"{f' (best_epoch={best_epoch})' if best_epoch is not None else ''} "
-        f"test_auc={_fmt(record.get('test_auc'))} test_logloss={_fmt(record.get('test_logloss'))} "
-        f"| {record.get('seconds', '-')} s | record: {output_dir / RECORD_NAME}"
+        f"test_auc={_fmt(record.test_auc)} test_logloss={_fmt(record.test_logloss)} "
+        f"| {record.seconds if record.seconds is not None else '-'} s | record: {output_dir / RECORD_NAME}"
     )
 
 
@@ -291,9 +292,12 @@ def validation_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: str, seconds: float) -> dict:
+def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: str, seconds: float) -> RunRecord:
     emb = module.embedding
-    model_params = sum(p.numel() for p in module.net.model.parameters())
+    # the model's weights and the first-order table (CTRNet.first_order) beside the embedding
+    model_weights = [p for n, p in module.net.named_parameters() if not n.startswith("embedding.")]
+    model_params = sum(p.numel() for p in model_weights)
+    model_bytes = sum(p.numel() * p.element_size() for p in model_weights)
     val = module.results.get("val", {})
     callback = best_checkpoint_callback(trainer)
     best = callback.best_model_score if callback is not None else None
@@ -306,13 +310,16 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
     for cb in trainer.callbacks:
         if callable(getattr(cb, "record_items", None)):
             extra.update(cb.record_items())
-    return {
+    return RunRecord.from_json({
+        "record_version": RECORD_VERSION,
         "status": "completed",
         "data": _choice("data", cfg.data._target_),
         "model": _choice("model", cfg.model._target_),
-        "embedding": getattr(emb, "kind", type(emb).__name__),
+        "embedding": emb.kind,
         "dim": emb.dim,
-        "inner_dim": getattr(emb, "inner_dim", None),
+        "inner_dim": emb.arm().get("inner_dim"),
+        "arm": emb.arm(),
+        "label": emb.label(),
         "seed": int(cfg.seed),
         **validation,
         "test_auc": test.get("test_auc"),
@@ -321,6 +328,9 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
         "inference_parameters": emb.inference_parameters + model_params,
         "embedding_train_parameters": emb.train_parameters,
         "embedding_inference_parameters": emb.inference_parameters,
+        "embedding_train_bytes": emb.train_bytes,
+        "inference_bytes": emb.inference_bytes,
+        "model_bytes": emb.inference_bytes + model_bytes,
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "best_checkpoint": ckpt or None,
@@ -329,4 +339,4 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
         "versions": {"torch": torch.__version__, "pytorch_lightning": pl.__version__},
         **extra,
         "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+    })

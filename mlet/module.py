@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import nn
 
-from mlet.embeddings import FieldEmbedding
+from mlet.embeddings import FieldEmbedding, SingleLayerEmbedding
 from mlet.metrics import auc, logloss
 from mlet.optim import SparseAwareOptimizer, clip_gradients_
 
@@ -47,15 +47,46 @@ def init_model_(model: nn.Module, scheme: str) -> None:
 
 
 class CTRNet(nn.Module):
-    """Embedding then model: ``(dense[B, D], cat[B, F]) -> logits[B]``."""
+    """Embedding then model: ``(dense[B, D], cat[B, F]) -> logits[B]``.
 
-    def __init__(self, embedding: FieldEmbedding, model: nn.Module) -> None:
+    A model whose ``category_weights`` is true (a first-order term with ``first_order: table``,
+    :class:`mlet.models.layers.FirstOrder`) also gets each category's first-order weight, looked up
+    here in a table of one scalar per category (``first_order``: a single-layer table of width 1,
+    drawn from N(0, 1e-4^2) as BARS/FuxiCTR's ``LR_Layer`` is), so the model still never sees
+    category indices or how any table is built. The table is part of the deployed model (its
+    size counts as the model's, not the embedding's); it is never factorised.
+    """
+
+    def __init__(self, embedding: FieldEmbedding, model: nn.Module, first_order: FieldEmbedding | None = None) -> None:
         super().__init__()
         self.embedding = embedding
         self.model = model
+        if first_order is None and getattr(model, "category_weights", False):
+            first_order = SingleLayerEmbedding(embedding.cardinalities, 1, table_init="normal", init_std=1e-4)
+        self.first_order = first_order
+
+    def head(self, embedded: torch.Tensor, dense: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+        """The model on already embedded fields (``cat`` only for the first-order weights)."""
+        if self.first_order is None:
+            return self.model(embedded, dense)
+        return self.model(embedded, dense, self.first_order(cat).squeeze(-1))
 
     def forward(self, dense: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
-        return self.model(self.embedding(cat), dense)
+        return self.head(self.embedding(cat), dense, cat)
+
+    def deployed(self) -> "CTRNet":
+        """The net with the collapsed embedding: what is exported and scored."""
+        return CTRNet(self.embedding.collapse(), self.model, self.first_order)
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        """The per-category tables: the embedding's and the first-order weights'."""
+        extra = self.first_order.sparse_parameters() if self.first_order is not None else []
+        return [*self.embedding.sparse_parameters(), *extra]
+
+    def set_sparse(self, value: bool) -> None:
+        self.embedding.sparse = value
+        if self.first_order is not None:
+            self.first_order.sparse = value
 
 
 class CTRModule(pl.LightningModule):
@@ -99,7 +130,7 @@ class CTRModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         sparse = getattr(self.optimizer_factory, "sparse_gradients", None)
         if sparse is not None:  # the optimiser decides whether the tables produce sparse gradients
-            embedding.sparse = sparse
+            self.net.set_sparse(sparse)
         self._eval_embedding: FieldEmbedding | None = None
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         # results["val"] / ["test"]: the latest evaluation (metrics, logits, labels);
@@ -118,7 +149,7 @@ class CTRModule(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         dense, cat, label = batch
         embedded = self.net.embedding(cat)
-        loss = F.binary_cross_entropy_with_logits(self.net.model(embedded, dense), label)
+        loss = F.binary_cross_entropy_with_logits(self.net.head(embedded, dense, cat), label)
         if self.embedding_l2:
             penalty = self.embedding_penalty(cat, embedded)
             self.log("train_embedding_l2", penalty.detach(), on_step=False, on_epoch=True, batch_size=len(label))
@@ -150,7 +181,7 @@ class CTRModule(pl.LightningModule):
             optimizer = factory(trainable)
         else:
             torchrec = getattr(self.embedding, "backend", "native") == "torchrec"
-            sparse_ids = set() if torchrec else {id(p) for p in self.embedding.sparse_parameters()}  # the tables
+            sparse_ids = set() if torchrec else {id(p) for p in self.net.sparse_parameters()}  # the tables
             optimizer = factory.build(
                 [p for p in trainable if id(p) not in sparse_ids], [p for p in trainable if id(p) in sparse_ids]
             )
@@ -179,7 +210,7 @@ class CTRModule(pl.LightningModule):
 
     def _eval_step(self, stage: str, batch) -> None:
         dense, cat, label = batch
-        logits = self.net.model(self._eval_embedding(cat), dense)
+        logits = self.net.head(self._eval_embedding(cat), dense, cat)
         self._outputs[stage].append((logits.detach().float(), label))
 
     def _gather_rows(self, local: torch.Tensor) -> torch.Tensor:

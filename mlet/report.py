@@ -38,24 +38,28 @@ setting (e.g. ``embedding.init``) is the reference of every split it agrees with
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import math
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mlet.errors import MletError
-from mlet.records import find_records, read_record
+from mlet.records import RECORD_NAME, RunRecord, find_records, read_record
 
 log = logging.getLogger("mlet.report")
 
 KEYS = ["data", "model"]
-SERIES = ["embedding", "k"]
+# A method: the embedding kind, its label (the record's: the embedding class names its arm keys in
+# it) and k (the arm's inner_dim where it has one, shown in the tables as its own column).
+SERIES = ["embedding", "label", "k"]
 ARM = [*KEYS, *SERIES, "dim"]
 REFERENCE = "single"  # the embedding kind every other kind is compared with
 
@@ -91,7 +95,8 @@ def kind_name(kind) -> str:
 
 
 def arm_label(kind, k) -> str:
-    """A method's label in legends: ``single``, ``<kind>`` or ``<kind> k=<inner_dim>``."""
+    """The label of a method whose record names none: ``single``, ``<kind>`` or ``<kind> k=<inner_dim>``
+    (a record carries its embedding class's label: :attr:`mlet.records.RunRecord.label`)."""
     if kind == REFERENCE or _isnan(k) or k is None:
         return str(kind)
     return f"{kind} k={int(k)}"
@@ -112,8 +117,8 @@ def _ignored(key: str, ignore: Sequence[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in ignore)
 
 
-def load_records(dirs: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
-    """Every readable record under ``dirs`` (each with ``path`` and ``mtime``), and warnings."""
+def load_records(dirs: Iterable[str | Path]) -> tuple[list[RunRecord], list[str]]:
+    """Every readable record of a finished run under ``dirs``, and warnings."""
     records, warnings = [], []
     for path in find_records(dirs):
         try:
@@ -121,12 +126,16 @@ def load_records(dirs: Iterable[str | Path]) -> tuple[list[dict], list[str]]:
         except (ValueError, OSError) as exc:
             warnings.append(f"skipped unreadable record {path}: {exc}")
             continue
-        if rec.get("status") == "failed":  # written by a failed mlet-train run: no results
-            warnings.append(f"skipped the record of a failed run {path}: {rec.get('error')}")
+        if rec.failed:  # written by a failed mlet-train run: no results
+            warnings.append(f"skipped the record of a failed run {path}: {rec.error}")
             continue
-        rec["mtime"] = path.stat().st_mtime
         records.append(rec)
     return records, warnings
+
+
+def _mtime(rec: RunRecord) -> float:
+    path = Path(rec.path or ".") / RECORD_NAME
+    return path.stat().st_mtime if path.is_file() else 0.0
 
 
 def _same_value(a, b) -> bool:
@@ -142,7 +151,7 @@ def _fmt_values(values) -> str:
     return ", ".join(shown)
 
 
-def runs_frame(records: Sequence[dict], by: Sequence[str] = (), ignore: Sequence[str] = ()
+def runs_frame(records: Sequence[RunRecord], by: Sequence[str] = (), ignore: Sequence[str] = ()
                ) -> tuple[pd.DataFrame, list[str], list[str]]:
     """The one table of runs: a row per record with the ``by`` config keys, data, model, embedding,
     k (NaN for the single-layer reference), dim, seed, metrics, path, mtime and the record's nested
@@ -155,16 +164,18 @@ def runs_frame(records: Sequence[dict], by: Sequence[str] = (), ignore: Sequence
     ignore = [*NOT_EXPERIMENT, *ignore]
     rows, configs = [], []
     for rec in records:
-        emb, k = rec.get("embedding"), rec.get("inner_dim")
+        arm = rec.arm
+        k = arm.get("inner_dim")
         rows.append({
-            "data": rec.get("data"), "model": rec.get("model"), "embedding": emb,
-            "k": float(k) if k is not None and emb != REFERENCE else np.nan,
-            "dim": rec.get("dim"), "seed": rec.get("seed"),
-            **{m: rec.get(m) for m in _METRICS},
-            "path": rec.get("path"), "mtime": rec.get("mtime", 0.0),
-            **{n: rec.get(n) for n in _NESTED},
+            "data": rec.data, "model": rec.model, "embedding": rec.kind,
+            "label": rec.label or arm_label(rec.kind, k),
+            "k": float(k) if k is not None else np.nan,
+            "dim": arm.get("dim", rec.dim), "seed": rec.seed,
+            **{m: getattr(rec, m) for m in _METRICS},
+            "path": rec.path, "mtime": _mtime(rec),
+            **{n: getattr(rec, n) for n in _NESTED},
         })
-        configs.append(_flatten(rec.get("config") or {}))
+        configs.append(_flatten(rec.config or {}))
     base = [*KEYS, *SERIES, "dim", "seed", *_METRICS, "path", "mtime", *_NESTED]
     df = pd.DataFrame(rows, columns=base)
     cfg = pd.DataFrame(configs, index=df.index, dtype=object)
@@ -253,6 +264,81 @@ def tune_runs(runs: pd.DataFrame, keys: str | Sequence[str], by: Sequence[str] =
 
     best = best.assign(edge=[edge(r) for _, r in best.iterrows()]) if len(best) else best.assign(edge="")
     return kept, _ordered(grid, by)[gcols], _ordered(best, by)[ccols]
+
+
+def untuned_settings(keys: Sequence[str], given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The value each of ``keys`` has when it is not tuned: ``given[key]`` where given (``--untuned
+    KEY=VALUE``), else the value of mlet-train's default config (e.g. ``optimizer.lr`` 0.001,
+    ``embedding.init_std`` 0.0001)."""
+    given = dict(given or {})
+    missing = [k for k in keys if k not in given]
+    if missing:
+        from hydra import compose, initialize_config_module
+        from omegaconf import OmegaConf
+
+        with initialize_config_module("mlet.conf", version_base="1.3"):
+            cfg = compose("train")
+        for key in missing:
+            value = OmegaConf.select(cfg, key, default="???missing")
+            if value == "???missing":
+                raise MletError(f"{key}: not a key of mlet-train's default config; give its untuned value "
+                                f"with --untuned {key}=VALUE")
+            given[key] = value
+    return {k: given[k] for k in keys}
+
+
+def _held(column: pd.Series, value) -> np.ndarray:
+    return np.array([_same_value(v, value) for v in column], dtype=bool)
+
+
+def control_groups(keys: Sequence[str]) -> list[list[str]]:
+    """The tuned keys grouped into controls, one per config group (``optimizer.lr`` alone;
+    ``embedding.table_init`` with ``embedding.init_std``, which together are the init), in order."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key.split(".")[0], []).append(key)
+    return list(groups.values())
+
+
+def control_gains(runs: pd.DataFrame, tune: Sequence[str], untuned: Mapping[str, Any],
+                  by: Sequence[str] = ()) -> pd.DataFrame:
+    """How much of each method's gain over the single-layer reference survives each control.
+
+    For every subset of the controls (:func:`control_groups`; none, each alone, ..., all): the keys
+    of the controls in the subset are tuned per arm on validation AUC (:func:`tune_runs`), the others
+    held at their ``untuned`` value; then each method's mean test AUC minus the single-layer
+    reference's at the same (by, data, model, d), both selected the same way. A row per method arm
+    and subset: ``control`` names the tuned groups ("none" for none), ``method_auc``,
+    ``reference_auc``, ``gain``; ``missing`` names untuned values never run (then no gain)."""
+    groups = control_groups(tune)
+    cols = [*by, *ARM, "control", "method_auc", "reference_auc", "gain", "seeds", "missing"]
+    arms = _methods(runs.dropna(subset=["test_auc"]))[[*by, *ARM]].drop_duplicates()
+    rows = []
+    for size in range(len(groups) + 1):
+        for subset in itertools.combinations(groups, size):
+            tuned = [k for g in subset for k in g]
+            fixed = [k for k in tune if k not in tuned]
+            name = " + ".join(",".join(g) for g in subset) or "none"
+            sel = runs
+            for key in fixed:
+                sel = sel[_held(sel[key], untuned[key])]
+            absent = [f"{k}={untuned[k]}" for k in fixed if not _held(runs[k], untuned[k]).any()]
+            if tuned:
+                sel, _, _ = tune_runs(sel, tuned, by)
+            table = auc_vs_dim(sel.drop(columns=list(tune), errors="ignore"), by)
+            ref = table[table["embedding"] == REFERENCE]
+            ref = ref[[*by, *KEYS, "dim", "auc_mean"]].rename(columns={"auc_mean": "reference_auc"})
+            methods = _methods(table).merge(ref, on=[*by, *KEYS, "dim"], how="left")
+            methods = arms.merge(methods, on=[*by, *ARM], how="left")  # every method arm, run here or not
+            for _, r in methods.iterrows():
+                rows.append({**{c: r[c] for c in [*by, *ARM]}, "control": name, "method_auc": r["auc_mean"],
+                             "reference_auc": r["reference_auc"], "gain": r["auc_mean"] - r["reference_auc"],
+                             "seeds": 0 if _missing(r["seeds"]) else int(r["seeds"]), "missing": ", ".join(absent)})
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame(rows, columns=cols)
+    order = {n: i for i, n in enumerate(dict.fromkeys(out["control"]))}
+    return _ordered(out.assign(_c=out["control"].map(order)), by, then=["_c"]).drop(columns="_c")
 
 
 def _eq(column: pd.Series, value) -> pd.Series:
@@ -347,8 +433,8 @@ def dim_reduction(table: pd.DataFrame, by: Sequence[str] = (), tolerance: float 
         if ref_auc is not None:
             enough = single[single["auc_mean"] >= ref_auc - tolerance]
             single_d = int(enough.index.min()) if len(enough) else None
-        for (kind, k), runs_k in methods.groupby(SERIES, dropna=False, sort=True):
-            row = {**key, "k": k, "reference_dim": ref_d, "reference_auc": ref_auc,
+        for (kind, label, k), runs_k in methods.groupby(SERIES, dropna=False, sort=True):
+            row = {**key, "k": k, "label": label, "reference_dim": ref_d, "reference_auc": ref_auc,
                    "target_auc": None if ref_auc is None else ref_auc - tolerance,
                    "mlet_dim": None, "mlet_auc": None, "factor": np.nan, "reached": False,
                    "single_dim": single_d, "beats_single": False, "note": note, "embedding": kind}
@@ -367,7 +453,7 @@ def dim_reduction(table: pd.DataFrame, by: Sequence[str] = (), tolerance: float 
                         row["beats_single"] = True
             rows.append(row)
     columns = [*by, *KEYS, "k", "reference_dim", "reference_auc", "target_auc", "mlet_dim", "mlet_auc",
-               "factor", "reached", "single_dim", "beats_single", "note", "embedding"]
+               "factor", "reached", "single_dim", "beats_single", "note", "embedding", "label"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -641,11 +727,12 @@ def plot(path: Path, panels: Sequence[Panel], title: str = "", sharey: bool = Fa
 
 
 def _method_lines(group: pd.DataFrame, x: str, y: str, err: str | None) -> list[Line]:
-    """One line per method (embedding kind and k) of ``group``, the single-layer reference styled apart."""
+    """One line per method (embedding kind, label and k) of ``group``, labelled by the record's
+    label, the single-layer reference styled apart."""
     lines = []
-    for (kind, k), series in group.groupby(SERIES, dropna=False, sort=True):
+    for (kind, label, k), series in group.groupby(SERIES, dropna=False, sort=True):
         series = series.sort_values(x)
-        lines.append(Line(arm_label(kind, k), series[x].tolist(), series[y].tolist(),
+        lines.append(Line(str(label), series[x].tolist(), series[y].tolist(),
                           None if err is None else series[err].tolist(),
                           "reference" if kind == REFERENCE else "method"))
     return lines
@@ -732,6 +819,36 @@ def tuning_section(rep: Report) -> Section | None:
             for _, r in grid.iterrows()]
     body += [markdown_table([*by, "data", "model", "embedding", "k", "d", *keys, "val AUC", "seeds", ""], rows), ""]
     return Section(f"Tuning of {names} per arm", body)
+
+
+def controls_section(rep: Report) -> Section | None:
+    if not rep.tune or rep.tables["controls"].empty:
+        return None
+    table = rep.tables["controls"]
+    controls = list(dict.fromkeys(table["control"]))
+    untuned = table.attrs.get("untuned", {})
+    held = ", ".join(f"`{k}={v}`" for k, v in untuned.items())
+    body = ["Each method's gain over the single-layer reference (mean test AUC minus the reference's at the same "
+            "d) with the tuned settings controlled one group at a time: under `none` every arm runs at the untuned "
+            f"settings ({held}); under a control its keys are tuned per arm on validation AUC (single-layer and "
+            "method alike) and the rest held untuned. A gain that shrinks under a control was, by that much, a "
+            "side effect of that setting; a gain at or below zero under all controls did not survive.", ""]
+    head = [*rep.by, "data", "model", "method", "d", *controls]
+    rows = []
+    for _, arm in table.groupby([*rep.by, *ARM], dropna=False, sort=False):
+        gains = dict(zip(arm["control"], arm["gain"]))
+        r = arm.iloc[0]
+        rows.append([*rep.cells(r), r["data"], r["model"], r["label"], int(r["dim"]),
+                     *(_signed(gains.get(c)) for c in controls)])
+    body += [markdown_table(head, rows), ""]
+    missing = sorted({m for m in table["missing"] if m})
+    if missing:
+        body += [f"Not run at the untuned setting ({'; '.join(missing)}): those controls have no gain.", ""]
+    return Section("How much of the gain survives each control", body)
+
+
+def _signed(value) -> str:
+    return "-" if _missing(value) else f"{value:+.4f}"
 
 
 def auc_section(rep: Report) -> Section:
@@ -930,7 +1047,7 @@ def mechanism_section(rep: Report) -> Section:
 # The report, in order: a section is a function of the Report returning a Section (or None to leave
 # itself out); add one by adding it here. Sections numbered 1, 2, ... as rendered.
 SECTIONS: list[Callable[[Report], Section | None]] = [
-    tuning_section, auc_section, reduction_section, inner_dim_section, buckets_section, spectrum_section,
+    tuning_section, controls_section, auc_section, reduction_section, inner_dim_section, buckets_section, spectrum_section,
     mechanism_section,
 ]
 
@@ -949,13 +1066,16 @@ def render_markdown(rep: Report, sections: Sequence[Section], warnings: Sequence
 
 def build_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float = 0.0,
                  reference_dim: int | None = None, by: Sequence[str] = (), plots: bool = True,
-                 tune: str | Sequence[str] | None = None, ignore: Sequence[str] = ()) -> dict:
+                 tune: str | Sequence[str] | None = None, ignore: Sequence[str] = (),
+                 untuned: Mapping[str, Any] | None = None) -> dict:
     """Write the report into ``out``; returns its tables (DataFrames by CSV name, and ``runs``,
     ``warnings``, ``files``).
 
     ``tune``: config keys (e.g. ``optimizer.lr``, or ``"optimizer.lr,embedding.init"``) tuned per arm on
     validation AUC (:func:`tune_runs`); the tables then compare the best-tuned arms. ``ignore``: more
-    config keys that do not tell arms apart (beside :data:`NOT_EXPERIMENT`)."""
+    config keys that do not tell arms apart (beside :data:`NOT_EXPERIMENT`). ``untuned``: the value of
+    a tuned key when the controls table holds it fixed (default: mlet-train's default config's;
+    :func:`control_gains`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tune = [k for t in ([tune] if isinstance(tune, str) else tune or []) for k in t.split(",") if k]
@@ -968,6 +1088,10 @@ def build_report(dirs: Sequence[str | Path], out: str | Path, tolerance: float =
     by = [*by, *split]
     rep = Report(runs, by, out, [str(d) for d in dirs], tolerance, reference_dim, tune, plots)
     if tune:
+        held = untuned_settings(tune, untuned)
+        controls = control_gains(runs, tune, held, by)
+        controls.attrs["untuned"] = held
+        rep.table("controls", controls)
         runs, grid, choice = tune_runs(runs, tune, by)
         rep.runs = runs.drop(columns=tune)
         rep.table("tuning", grid)
@@ -991,6 +1115,19 @@ def _keys(values: Sequence[str]) -> list[str]:
     return [k for v in values for k in v.split(",") if k]
 
 
+def _settings(values: Sequence[str]) -> dict[str, Any]:
+    """``["optimizer.lr=0.001", "embedding.init_std=null"]`` -> ``{"optimizer.lr": 0.001, ...}`` (YAML values)."""
+    import yaml
+
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MletError(f"--untuned {item}: expected KEY=VALUE, e.g. optimizer.lr=0.001")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mlet-report",
@@ -1008,6 +1145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tune", action="append", default=[], metavar="KEY[,KEY...]",
                         help="config keys tuned per arm on mean validation AUC, e.g. optimizer.lr,embedding.init "
                              "(or --tune repeated): every arm is compared at its own best combination")
+    parser.add_argument("--untuned", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --tune: the value a tuned key is held at when the controls table does not "
+                             "tune it (default: mlet-train's default config's), e.g. optimizer.lr=0.001")
     parser.add_argument("--ignore", action="append", default=[], metavar="KEY[,KEY...]",
                         help="config keys that do not tell arms apart (e.g. data.path after moving a file)")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
@@ -1027,7 +1167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report_command(args: argparse.Namespace, by: list[str], tune: list[str]) -> int:
     result = build_report(args.dirs, args.out, args.tolerance, args.reference_dim, by,
-                          plots=not args.no_plots, tune=tune, ignore=_keys(args.ignore))
+                          plots=not args.no_plots, tune=tune, ignore=_keys(args.ignore),
+                          untuned=_settings(args.untuned))
     for w in result["warnings"]:
         log.warning("warning: %s", w)
     log.info("mlet-report: %d runs -> %s (%d files)", len(result["runs"]), Path(args.out) / "report.md",

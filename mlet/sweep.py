@@ -1,17 +1,20 @@
 """Sweeps that can be interrupted and started again.
 
 * Deterministic job directories: a sweep job's output directory is named by what the job is,
-  ``<data>-<model>-<embedding>-d<dim>[-k<inner_dim>]-s<seed>[-<hash>]`` (``hydra.sweep.subdir:
-  ${mlet.job_dir:}``), so a restarted sweep finds its earlier jobs. The hash (8 hex digits) covers
-  every other override of the job (``optimizer.lr=0.1``, ``trainer.max_epochs=1``, ...), so jobs
-  differing in anything else never share a directory. A single-layer job's name has no ``k``:
-  ``embedding.inner_dim`` is ignored by a single-layer table, so the single-layer jobs of a sweep
-  over k are one job, run once.
+  ``<data>-<model>-<embedding>-d<dim>[-<arm keys>]-s<seed>[-<hash>]`` (``hydra.sweep.subdir:
+  ${mlet.job_dir:}``; MLET: ``...-d16-k64-s0``), so a restarted sweep finds its earlier jobs.
+  ``<embedding>`` is the config option chosen (``embedding=mlet``), ``<arm keys>`` the keys the
+  embedding class declares as defining an arm (``arm_keys``, :mod:`mlet.embeddings.base`). The hash
+  (8 hex digits) covers every other override of the job (``optimizer.lr=0.1``,
+  ``trainer.max_epochs=1``, ...), so jobs differing in anything else never share a directory. Keys
+  a type ignores (``ignored_keys``; single: ``inner_dim``) are in neither: the single-layer jobs of
+  a sweep over k are one job, run once.
 * Skipping (``skip_reason``, called first thing in ``mlet.job.run``): a job whose directory
   already holds a ``record.json`` is skipped ("skipped: record exists"), unless ``force=true``;
-  a single-layer job whose record was written by the same job with another (ignored) inner_dim is
-  skipped as a duplicate; inside a multirun, an MLET job with ``inner_dim < dim`` is skipped as
-  invalid (a single run with it still fails with the embedding's error).
+  a job whose record was written by the same job with another value of an ignored key is skipped
+  as a duplicate; inside a multirun, a job whose embedding class finds its config invalid
+  (``config_problem``: MLET with ``inner_dim < dim``) is skipped as invalid (a single run with it
+  still fails with the embedding's error).
 * A job that fails inside a multirun does not stop the sweep: its error is logged (with the
   traceback when it is not a config or input error), the outcome ``failed`` is noted, and the
   other jobs go on. Its ``record.json`` says ``status: failed`` (mlet.train): started again, the
@@ -42,13 +45,15 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mlet.records import RECORD_NAME, read_record
+from mlet.embeddings.base import FieldEmbedding, embedding_class, plain_config
+from mlet.records import RECORD_NAME, RunRecord, read_record
 
 log = logging.getLogger("mlet.sweep")
 
 JOBS_LOG = "sweep_jobs.jsonl"
 # Overrides that are part of a job's name, or change nothing in its result: kept out of the hash.
-NAMED_KEYS = {"data", "model", "embedding", "embedding.dim", "embedding.inner_dim", "seed"}
+# (and embedding.<key> for the arm keys and ignored keys of the job's embedding type: named_keys)
+NAMED_KEYS = {"data", "model", "embedding", "embedding.dim", "seed"}
 NEUTRAL_KEYS = {"sweep", "force", "tags", "logger", "trainer.enable_progress_bar", "keep_last_checkpoint", "ckpt_path"}
 NEUTRAL_PREFIXES = ("hydra.", "logger.", "paths.", "callbacks.progress_log.")
 SKIP_MESSAGES = {
@@ -73,39 +78,73 @@ def _choice(hydra_node: DictConfig | None, group: str, cfg: DictConfig) -> str:
         choice = OmegaConf.select(hydra_node, f"runtime.choices.{group}", default=None)
         if choice:
             return str(choice)
+    if group == "embedding":
+        cls, _ = embedding_type(cfg)
+        if cls is not None:
+            return cls.kind
     target = OmegaConf.select(cfg, f"{group}._target_", default=None)
     return str(target).rsplit(".", 1)[-1] if target else "none"
 
 
-def ignores_inner_dim(cfg: DictConfig) -> bool:
-    """A single-layer table accepts ``embedding.inner_dim`` and ignores it."""
-    return str(OmegaConf.select(cfg, "embedding._target_", default="")).endswith("SingleLayerEmbedding")
+def embedding_type(cfg: DictConfig) -> tuple[type[FieldEmbedding] | None, dict[str, Any]]:
+    """The embedding class the config's ``embedding._target_`` names (None if it names none) and
+    the ``embedding`` node as a plain dict (what the class's interface takes)."""
+    node = OmegaConf.select(cfg, "embedding", default=None)
+    if not isinstance(node, DictConfig):
+        return None, {}
+    try:
+        plain = OmegaConf.to_container(node, resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation that resolves only inside a job
+        plain = OmegaConf.to_container(node, resolve=False)
+    return embedding_class(plain.get("_target_")), plain_config(plain)
+
+
+def arm(cfg: DictConfig) -> dict[str, Any]:
+    """The arm the config builds, as its embedding class states it (``{"kind", "dim", ...}``);
+    kind None and ``dim`` for a target that is no embedding class (the config check names it)."""
+    cls, plain = embedding_type(cfg)
+    return cls.arm_of(plain) if cls is not None else {"kind": None, "dim": plain.get("dim")}
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The axes a sweep varies: data, model, embedding, dim, inner_dim (None when ignored), seed."""
+    """The axes a sweep varies: data, model, embedding (the config option chosen), dim, the arm
+    keys of its type (MLET: inner_dim; ignored keys left out), seed."""
     node = _hydra_node(cfg)
-    k = OmegaConf.select(cfg, "embedding.inner_dim", default=None)
+    axes = {k: v for k, v in arm(cfg).items() if k != "kind"}
     return {
         "data": _choice(node, "data", cfg),
         "model": _choice(node, "model", cfg),
         "embedding": _choice(node, "embedding", cfg),
-        "dim": OmegaConf.select(cfg, "embedding.dim", default=None),
-        "inner_dim": None if ignores_inner_dim(cfg) else k,
+        **axes,
         "seed": OmegaConf.select(cfg, "seed", default=None),
     }
+
+
+def _arm_parts(cfg: DictConfig) -> list[tuple[str, Any]]:
+    """The arm keys of the job as ``(short name, value)`` (MLET: ``("k", 64)``)."""
+    cls, plain = embedding_type(cfg)
+    return cls.name_parts(cls.arm_of(plain)) if cls is not None else []
+
+
+def named_keys(cfg: DictConfig) -> set[str]:
+    """Override keys the job's name already says (or that its type ignores): kept out of the hash.
+    ``embedding._target_`` is not one of them: a job whose class is swapped by an override gets a hash."""
+    cls, _ = embedding_type(cfg)
+    keys = (*cls.arm_keys, *cls.ignored_keys) if cls is not None else ()
+    return NAMED_KEYS | {f"embedding.{k}" for k in keys}
 
 
 def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("~+")
 
 
-def other_overrides(task_overrides: list[str]) -> list[str]:
-    """The job's overrides that its name does not already say and that can change its result."""
+def other_overrides(task_overrides: list[str], named: set[str] = NAMED_KEYS) -> list[str]:
+    """The job's overrides that its name does not already say (``named``: :func:`named_keys`) and
+    that can change its result."""
     out = []
     for o in task_overrides:
         key = override_key(o)
-        if key in NAMED_KEYS or key in NEUTRAL_KEYS or key.startswith(NEUTRAL_PREFIXES):
+        if key in named or key in NEUTRAL_KEYS or key.startswith(NEUTRAL_PREFIXES):
             continue
         out.append(o)
     return sorted(out)
@@ -113,9 +152,8 @@ def other_overrides(task_overrides: list[str]) -> list[str]:
 
 def run_name(cfg: DictConfig) -> str:
     ident = identity(cfg)
-    parts = [ident["data"], ident["model"], ident["embedding"], f"d{ident['dim']}"]
-    if ident["inner_dim"] is not None:
-        parts.append(f"k{ident['inner_dim']}")
+    parts = [ident["data"], ident["model"], ident["embedding"], f"d{ident['dim']}",
+             *(f"{key}{value}" for key, value in _arm_parts(cfg))]
     parts.append(f"s{ident['seed']}")
     return "-".join(str(p) for p in parts)
 
@@ -124,7 +162,7 @@ def job_dir_name(cfg: DictConfig) -> str:
     """``run_name`` plus, when the job has other overrides, a hash of them."""
     node = _hydra_node(cfg)
     overrides = list(OmegaConf.select(node, "overrides.task", default=[]) or []) if node is not None else []
-    extra = other_overrides([str(o) for o in overrides])
+    extra = other_overrides([str(o) for o in overrides], named_keys(cfg))
     name = run_name(cfg)
     if extra:
         name += "-" + hashlib.sha1("\n".join(extra).encode()).hexdigest()[:8]
@@ -145,8 +183,7 @@ def run_tags(cfg: DictConfig) -> list[str]:
     ident = identity(cfg)
     tags = [f"data:{ident['data']}", f"model:{ident['model']}", f"embedding:{ident['embedding']}",
             f"d:{ident['dim']}"]
-    if ident["inner_dim"] is not None:
-        tags.append(f"k:{ident['inner_dim']}")
+    tags += [f"{key}:{value}" for key, value in _arm_parts(cfg)]
     user = OmegaConf.select(cfg, "tags", default=None) or []
     return tags + [str(t) for t in user if str(t) not in tags]
 
@@ -181,16 +218,15 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, dict | None] | None:
+def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, RunRecord | None] | None:
     """``(status, reason, existing record or None)`` when the job should not train, else None.
 
     Cheap: reads the config and at most one ``record.json``; builds nothing.
     """
-    dim = OmegaConf.select(cfg, "embedding.dim", default=None)
-    k = OmegaConf.select(cfg, "embedding.inner_dim", default=None)
-    is_mlet = str(OmegaConf.select(cfg, "embedding._target_", default="")).endswith("MLETEmbedding")
-    if in_multirun() and is_mlet and isinstance(dim, int) and isinstance(k, int) and k < dim:
-        return "invalid", f"invalid: embedding.inner_dim={k} < embedding.dim={dim} (MLET needs inner_dim >= dim)", None
+    cls, plain = embedding_type(cfg)
+    problem = cls.config_problem(plain) if cls is not None and in_multirun() else None
+    if problem:
+        return "invalid", f"invalid: {problem}", None
     path = output_dir / RECORD_NAME
     if cfg.get("force", False) or not path.is_file():
         return None
@@ -199,14 +235,14 @@ def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, dict | Non
     except (ValueError, OSError) as exc:
         log.warning("retraining: %s is unreadable (%s)", path, exc)
         return None
-    if existing.get("status") == "failed":
-        log.info("retraining: %s records a failed run (%s)", path, existing.get("error"))
+    if existing.failed:
+        log.info("retraining: %s records a failed run (%s)", path, existing.error)
         return None
-    if ignores_inner_dim(cfg):
-        old_k = OmegaConf.select(OmegaConf.create(existing.get("config") or {}), "embedding.inner_dim", default=None)
-        if old_k != k:
-            return ("duplicate", f"duplicate: a single-layer table ignores embedding.inner_dim; the same job ran "
-                    f"with inner_dim={old_k} and its record exists: {path}", existing)
+    for key in cls.ignored_keys if cls is not None else ():
+        old = existing.config_value(f"embedding.{key}")
+        if old != plain.get(key):
+            return ("duplicate", f"duplicate: embedding={cls.kind} ignores embedding.{key}; the same job ran "
+                    f"with {key}={old} and its record exists: {path}", existing)
     return "exists", f"record exists: {path} (force=true retrains)", existing
 
 

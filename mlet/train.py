@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlet import cli, sweep
 from mlet.job import run
-from mlet.records import RECORD_NAME, write_record
+from mlet.records import RECORD_NAME, RunRecord
 
 sweep.register_resolvers()  # ${mlet.job_dir:}, ${mlet.run_name:}, ... (conf/hydra, conf/logger)
 
@@ -98,13 +98,13 @@ def record_failure(cfg: DictConfig, output_dir: Path, exc: BaseException, messag
         _log_to_files(f"run failed: {error}", None if trace is None else exc)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / ERROR_NAME).write_text(f"{PROG}: error: {error}\n" + (f"\n{trace}" if trace else ""))
-    record = {"status": "failed", "error": error, "error_type": type(cause).__name__,
-              "user_error": message is not None, "traceback": trace, "run": sweep.identity(cfg)}
+    record = RunRecord(status="failed", error=error, error_type=type(cause).__name__,
+                       user_error=message is not None, traceback=trace, run=sweep.identity(cfg))
     try:
-        record["config"] = OmegaConf.to_container(cfg, resolve=True)
+        record.config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # noqa: BLE001 - the config itself may be what failed; the record still gets written
-        record["config"] = None
-    write_record(output_dir / RECORD_NAME, record)
+        record.config = None
+    record.write(output_dir / RECORD_NAME)
 
 
 # ---- entry point -------------------------------------------------------------------------------

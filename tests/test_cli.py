@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 
 from mlet import cli, sweep
 from mlet.errors import InputError, MletError
-from tests.conftest import ROOT, TINY, compose_cfg, run_cli, run_script
+from tests.helpers import ROOT, TINY, compose_cfg, run_cli, run_script
 
 SCRIPTS = ["mlet-train", "mlet-prepare", "mlet-report", "mlet-export", "mlet-predict"]
 
@@ -92,6 +92,7 @@ def test_every_command_runs_from_outside_after_an_editable_install_of_each_mode(
 
 # ---- every command from anywhere ---------------------------------------------------------------
 @pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.slow  # starts processes
 def test_help_of_every_command_from_outside_the_repository(name, tmp_path):
     proc = run_script(name, ["--help"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -119,12 +120,14 @@ def test_user_errors_are_one_line_and_bugs_are_not():
     ("+sweep=nosuch", "sweep=nosuch: no such option; sweep is one of: dims, inner, lr, quick"),
     ("model.top_mlp=[16", "model.top_mlp=[16: "),
 ])
+@pytest.mark.slow  # starts processes
 def test_composition_errors_are_one_line_with_the_choices(override, needle, tmp_path):
     proc = run_cli([override], cwd=tmp_path, timeout=120)
     assert needle in _one_line_error(proc, "mlet-train")
     assert list(tmp_path.iterdir()) == []  # no run folder for a config that does not compose
 
 
+@pytest.mark.slow  # starts processes
 def test_prepare_empty_file_and_missing_column_are_user_errors(tmp_path):
     env = {"MLET_DATA_DIR": str(tmp_path / "cache")}
     empty = tmp_path / "empty.txt"
@@ -141,6 +144,7 @@ def test_prepare_empty_file_and_missing_column_are_user_errors(tmp_path):
     assert "data.path: missing mandatory value" in _one_line_error(proc, "mlet-prepare")
 
 
+@pytest.mark.slow  # starts processes
 def test_report_and_export_errors_are_one_line(tmp_path):
     proc = run_script("mlet-export", [str(tmp_path / "nothing")], cwd=tmp_path, timeout=120)
     assert "no such run directory or checkpoint" in _one_line_error(proc, "mlet-export")

@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from mlet.job import build
-from tests.conftest import CONFIG_MODULE, TINY, compose_cfg
+from tests.helpers import CONFIG_MODULE, TINY, compose_cfg
 
 CONFIGS = files(CONFIG_MODULE)  # the packaged configs, as mlet-train finds them
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name not in {"hydra", "experiment", "sweep", "__pycache__"})

@@ -61,6 +61,7 @@ def test_datamodule_takes_world_size_from_the_trainer():
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.slow  # starts processes
 def test_ddp_two_cpu_processes_gather_every_validation_row_once(tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

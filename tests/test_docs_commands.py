@@ -121,6 +121,7 @@ def _help(script: str) -> str:
 
 @pytest.mark.parametrize("where,argv", [c for c in COMMANDS if c[1][0] not in HYDRA_APPS],
                          ids=[w for w, a in COMMANDS if a[0] not in HYDRA_APPS])
+@pytest.mark.slow  # starts processes
 def test_argparse_command_flags_exist(where, argv):
     script = Path(sys.executable).parent / argv[0]
     flags = [a.split("=")[0] for a in argv[1:] if a.startswith("--")]

@@ -7,7 +7,7 @@ import torch
 import mlet.embeddings.mlet as mlet_mod
 from mlet.embeddings import MLETEmbedding, SingleLayerEmbedding
 from mlet.job import build
-from tests.conftest import TINY, compose_cfg
+from tests.helpers import TINY, compose_cfg
 
 
 @pytest.mark.parametrize("shared", [False, True])

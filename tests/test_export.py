@@ -8,7 +8,7 @@ import torch
 from mlet.data import SyntheticCTR
 from mlet.export import EXPORT_NAME, main as export_main
 from mlet.job import run
-from tests.conftest import TINY, compose_cfg
+from tests.helpers import TINY, compose_cfg
 
 
 def test_export_matches_in_framework_collapsed_predictions(tmp_path, capsys):

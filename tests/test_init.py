@@ -13,7 +13,7 @@ from mlet.embeddings import LowRankEmbedding, MLETEmbedding, SingleLayerEmbeddin
 from mlet.models.dlrm import DLRM
 from mlet.module import CTRModule, init_model_
 from mlet.optim import CombinedOptimizer, clip_gradients_
-from tests.conftest import TINY, compose_cfg, run_cli
+from tests.helpers import TINY, compose_cfg, run_cli
 
 UNIFORM = {"table_init": "uniform", "init_std": None}
 
@@ -240,6 +240,7 @@ def test_clipping_sparse_gradients_matches_torch_on_the_dense_equivalent(max_nor
 
 
 # ---- the preset -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # starts processes
 def test_bars_recipe_preset_composes_and_trains_through_the_command(tmp_path):
     run_dir = tmp_path / "run"
     # a clip value small enough that clipping acts on every step (sparse table gradients included)

@@ -12,7 +12,7 @@ from mlet.models.dlrm import DLRM
 from mlet.module import CTRModule
 from mlet.optim import CombinedOptimizer, SparseAwareOptimizer
 from mlet.job import build
-from tests.conftest import TINY, compose_cfg
+from tests.helpers import TINY, compose_cfg
 
 CARDS = [40, 7, 300, 1000]
 
@@ -162,7 +162,7 @@ def test_lightning_fit_and_resume_with_combined_optimizer(tmp_path):
 @pytest.mark.parametrize("name", ["adam", "sparse_adam", "sgd", "adagrad"])
 def test_table_lr_scale_multiplies_only_the_tables_learning_rate(name, tmp_path):
     """The lr-matched single-layer control: the table learns at lr * scale, the MLP at lr."""
-    from tests.conftest import TINY, compose_cfg
+    from tests.helpers import TINY, compose_cfg
     from mlet.job import build
 
     cfg = compose_cfg([*TINY, "embedding=single", f"optimizer={name}", "optimizer.table_lr_scale=4"], tmp_path)

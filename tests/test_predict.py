@@ -13,8 +13,8 @@ from mlet.export import SPEC_NAME, VOCAB_NAME, data_source, load_collapsed, main
 from mlet.data.source import PreparedSource
 from mlet.predict import PredictError, Vocabulary, batches, main as predict_main, raw_source
 from mlet.job import run
-from tests.conftest import TINY, compose_cfg, run_script
-from tests.data.rawdata import criteo_line, criteo_rows, write_criteo
+from tests.helpers import TINY, compose_cfg, run_script
+from tests.helpers.rawdata import criteo_line, criteo_rows, write_criteo
 
 ROWS = 1400  # dlrm protocol: 7 contiguous parts -> train 1200, then test 100, val 100 (file order)
 
@@ -147,14 +147,14 @@ def test_export_without_the_data_cache_is_a_clear_error(exported, capsys):
 
 
 def _avazu(tmp):
-    from tests.data.rawdata import avazu_rows, write_avazu
+    from tests.helpers.rawdata import avazu_rows, write_avazu
 
     raw = write_avazu(tmp / "train", avazu_rows(300, seed=2))
     return {"_target_": "mlet.data.avazu.Avazu", "path": str(raw)}, raw
 
 
 def _movielens(tmp):
-    from tests.data.rawdata import write_movielens
+    from tests.helpers.rawdata import write_movielens
 
     folder = write_movielens(tmp / "ml", n_ratings=300, seed=2)
     return {"_target_": "mlet.data.movielens.MovieLens100K", "path": str(folder)}, folder / "ml-100k.inter"
@@ -163,7 +163,7 @@ def _movielens(tmp):
 def _tabular(tmp):
     import csv
 
-    from tests.data.rawdata import AVAZU_HEADER, avazu_rows
+    from tests.helpers.rawdata import AVAZU_HEADER, avazu_rows
 
     raw = tmp / "clicks.csv"
     with open(raw, "w", newline="") as f:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 
 MLET_TRAIN = str(Path(sys.executable).parent / "mlet-train")
 STEP_LINE = re.compile(r"epoch (\d+)/(\d+) batch \d+/\d+ step (\d+)/(\d+) \| \d+ samples/s \| loss \d\.\d{4} \| ETA \S+")
@@ -23,6 +23,7 @@ def mlet_train_to_file(args, cwd: Path) -> tuple[int, str]:
     return proc.returncode, log_file.read_text()
 
 
+@pytest.mark.slow  # starts processes
 def test_redirected_output_gets_progress_lines_and_a_naming_last_line(tmp_path):
     # the bar on, as by default: redirected output gets plain lines instead
     args = [o for o in TINY if "enable_progress_bar" not in o] + ["++callbacks.progress_log.every_n_steps=5"]

@@ -232,6 +232,7 @@ def test_cli_writes_markdown_csv_and_png(records_dir, tmp_path):
     assert (out / "auc_vs_dim_ds_m1.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_no_records_is_one_line_error(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "no run records" in capsys.readouterr().err
@@ -336,6 +337,7 @@ def _run(root, name, emb, k, d, seed, auc, val=None, mtime=None, **over):
     return path
 
 
+@pytest.mark.slow  # starts processes
 def test_runs_that_differ_in_a_setting_outside_the_grouping_are_separate_arms(tmp_path):
     # the same data/model/embedding/k/d/seed under two Criteo protocols: two arms, neither dropped
     root = tmp_path / "runs"
@@ -382,6 +384,7 @@ def test_ignore_merges_runs_that_differ_only_in_a_named_key(tmp_path):
     assert res["split_by"] == [] and _row(res["auc_vs_dim"], dim=4)["seeds"] == 2
 
 
+@pytest.mark.slow  # starts processes
 def test_unknown_by_key_is_a_one_line_error(tmp_path):
     root = tmp_path / "runs"
     _run(root, "a", "mlet", 64, 4, 0, 0.70)
@@ -439,6 +442,7 @@ def _tuning_grid(root):
                          optimizer__lr=lr, embedding__init_std=std)
 
 
+@pytest.mark.slow  # starts processes
 def test_tune_several_keys_picks_each_arms_best_combination_and_flags_the_grid_edge(tmp_path):
     root = tmp_path / "runs"
     _tuning_grid(root)
@@ -520,3 +524,49 @@ def test_a_single_layer_run_swept_over_k_is_one_arm(tmp_path):
     res = build_report([root], tmp_path / "report", plots=False)
     assert res["split_by"] == [] and not res["warnings"]
     assert _row(res["auc_vs_dim"], embedding="single", dim=8)["seeds"] == 2
+
+
+# ---- how much of the gain survives each control ---------------------------------------------------
+def _controls_grid(root):
+    """single and MLET (d=8) over lr {0.001, 0.01} x init_std {1e-4, 0.1}, two seeds, val AUC = test AUC.
+
+    single: 0.70 at lr 0.001/std 1e-4 (the untuned setting), 0.74 best at lr 0.01/std 1e-4, 0.72 at
+    lr 0.001/std 0.1, 0.71 at lr 0.01/std 0.1. MLET: 0.75 untuned, 0.76 at lr 0.01/std 1e-4, 0.73 and
+    0.70 at std 0.1. Gains by hand: none 0.75-0.70 = +0.05; lr tuned (std 1e-4): 0.76-0.74 = +0.02;
+    init tuned (lr 0.001): MLET 0.75 (std 1e-4) - single 0.72 (std 0.1) = +0.03; both: 0.76-0.74 = +0.02."""
+    auc = {("single", 0.001, 1e-4): 0.70, ("single", 0.01, 1e-4): 0.74, ("single", 0.001, 0.1): 0.72,
+           ("single", 0.01, 0.1): 0.71, ("mlet", 0.001, 1e-4): 0.75, ("mlet", 0.01, 1e-4): 0.76,
+           ("mlet", 0.001, 0.1): 0.73, ("mlet", 0.01, 0.1): 0.70}
+    for (emb, lr, std), a in auc.items():
+        for seed in (0, 1):
+            _run(root, f"{emb}-{lr}-{std}-{seed}", emb, 64 if emb == "mlet" else None, 8, seed, a + seed / 1000,
+                 val=a, optimizer__lr=lr, embedding__init_std=std)
+
+
+def test_controls_table_gives_the_gain_with_each_group_of_settings_tuned_or_held(tmp_path):
+    root = tmp_path / "runs"
+    _controls_grid(root)
+    res = build_report([root], tmp_path / "report", plots=False, tune="optimizer.lr,embedding.init_std",
+                       untuned={"optimizer.lr": 0.001, "embedding.init_std": 1e-4})
+    gains = dict(zip(res["controls"]["control"], res["controls"]["gain"]))
+    assert gains == pytest.approx({"none": 0.05, "optimizer.lr": 0.02, "embedding.init_std": 0.03,
+                                   "optimizer.lr + embedding.init_std": 0.02})
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## 2. How much of the gain survives each control" in md
+    assert "| ds | m | mlet k=64 | 8 | +0.0500 | +0.0200 | +0.0300 | +0.0200 |" in md.replace("MLET", "mlet")
+    assert (tmp_path / "report" / "controls.csv").is_file()
+
+
+def test_controls_hold_untuned_keys_at_the_default_configs_values_or_say_they_were_never_run(tmp_path):
+    root = tmp_path / "runs"
+    _controls_grid(root)
+    # mlet-train's defaults: optimizer.lr 0.001 (run), embedding.init_std 0.0001 (run)
+    assert report.untuned_settings(["optimizer.lr", "embedding.init_std"]) == {
+        "optimizer.lr": 0.001, "embedding.init_std": 0.0001}
+    res = build_report([root], tmp_path / "report", plots=False, tune="optimizer.lr,embedding.init_std",
+                       untuned={"optimizer.lr": 0.003})
+    controls = res["controls"].set_index("control")
+    assert controls.loc["none", "missing"] == "optimizer.lr=0.003" and math.isnan(controls.loc["none", "gain"])
+    assert controls.loc["optimizer.lr + embedding.init_std", "gain"] == pytest.approx(0.02)
+    with pytest.raises(report.MletError, match="no.such: not a key of mlet-train's default config"):
+        report.untuned_settings(["no.such"])

@@ -14,7 +14,7 @@ from mlet import sweep
 from mlet.records import write_record
 from mlet.report import main as report_main
 from mlet.job import run
-from tests.conftest import TINY, compose_cfg, run_cli
+from tests.helpers import TINY, compose_cfg, run_cli
 
 
 def _multirun(cfg, sweep_dir):
@@ -116,6 +116,7 @@ def test_wandb_names_groups_and_tags(tmp_path):
                                    "inner_dim": 32, "seed": 2}
 
 
+@pytest.mark.slow  # starts processes
 def test_sweep_end_to_end_resumes_and_reports(tmp_path):
     """The quick preset on synthetic data, two jobs (single and MLET at d=4): run, run again (nothing
     retrains), then mlet-report on the sweep directory."""
@@ -154,6 +155,7 @@ def test_sweep_end_to_end_resumes_and_reports(tmp_path):
     assert len(reduction) == 2 and reduction[1].startswith("synthetic,dlrm,16.0,4,")
 
 
+@pytest.mark.slow  # starts processes
 def test_a_failed_job_does_not_stop_the_sweep_and_fails_it_at_the_end(tmp_path):
     """The first of two jobs fails (lr=-1): the second still trains, the failure is noted with its
     reason, the summary names it, the exit status is 1; started again, only the failed job reruns."""
@@ -179,10 +181,11 @@ def test_a_failed_job_does_not_stop_the_sweep_and_fails_it_at_the_end(tmp_path):
     assert "sweep summary: 2 jobs: 0 trained, 1 skipped (record exists), 1 failed" in log
 
 
+@pytest.mark.slow  # starts processes
 def test_reproduce_paper_script_dry_run():
     import subprocess
 
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "reproduce_paper.sh"), "/c/train.txt", "/a/train",
                            "dlrm", "dcn"], env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"},
@@ -197,6 +200,7 @@ def test_reproduce_paper_script_dry_run():
     assert lines[-1].startswith("+ mlet-report outputs/sweeps/dims_criteo_kaggle outputs/sweeps/dims_avazu")
 
 
+@pytest.mark.slow  # starts processes
 def test_default_multirun_sweep_dir_resolves(tmp_path):
     """`mlet-train -m ...` without hydra.sweep.dir: outputs/multiruns/<time>/<job name>/."""
     proc = run_cli(["-m", *TINY, "embedding=single", "trainer.max_epochs=1", "data.rows=1000"], cwd=tmp_path)
@@ -205,6 +209,7 @@ def test_default_multirun_sweep_dir_resolves(tmp_path):
     assert len(records) == 1 and records[0].parent.name.startswith("synthetic-dlrm-single-d4-s0-")
 
 
+@pytest.mark.slow  # starts processes
 def test_a_job_held_by_another_live_process_is_skipped_not_overwritten(tmp_path):
     import json as _json
     import os
@@ -238,7 +243,7 @@ def test_run_skips_a_job_another_process_is_training(tmp_path):
 
     from mlet.sweep import LOCK_NAME
     from mlet.job import run
-    from tests.conftest import TINY, compose_cfg
+    from tests.helpers import TINY, compose_cfg
 
     cfg = compose_cfg(TINY, tmp_path)
     (tmp_path / LOCK_NAME).write_text(_json.dumps({"host": socket.gethostname(), "pid": 1}))  # pid 1 is alive
@@ -252,7 +257,7 @@ def test_record_write_errors_surface(tmp_path, monkeypatch):
     import os as _os
 
     from mlet.job import run
-    from tests.conftest import TINY, compose_cfg
+    from tests.helpers import TINY, compose_cfg
 
     real_replace = _os.replace
 

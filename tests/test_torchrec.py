@@ -246,3 +246,9 @@ def train_and_export(tmp_path) -> tuple[float, float]:
 def test_sharded_evaluation_of_mlet_train_equals_the_exported_program(tmp_path):
     exported_auc, record_auc = train_and_export(tmp_path)
     assert abs(exported_auc - record_auc) < 1e-4
+
+
+def test_sweeps_see_the_dim_constraint_before_a_job_starts():
+    assert "embedding.dim=2" in SingleLayerEmbedding.config_problem({"dim": 2, "backend": "torchrec"})
+    assert SingleLayerEmbedding.config_problem({"dim": 2}) is None
+    assert "embedding.inner_dim=6" in MLETEmbedding.config_problem({"dim": 4, "inner_dim": 6, "backend": "torchrec"})

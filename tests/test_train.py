@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mlet.job import run
-from tests.conftest import TINY, compose_cfg, run_cli
+from tests.helpers import TINY, compose_cfg, run_cli
 
 REQUIRED = {
     "data", "model", "embedding", "dim", "inner_dim", "seed", "val_auc", "test_auc", "test_logloss",
@@ -69,6 +69,7 @@ def test_evaluation_scores_the_collapsed_model(tmp_path):
     assert module.results["test"]["test_auc"] == pytest.approx(auc(torch.cat(logits), torch.cat(labels)), abs=1e-9)
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_end_to_end_prints_collapsed_metrics(tmp_path):
     proc = run_cli([*TINY, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -77,6 +78,7 @@ def test_cli_end_to_end_prints_collapsed_metrics(tmp_path):
     assert f"test_auc={record['test_auc']:.5f}" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_multirun_two_points(tmp_path):
     proc = run_cli(["-m", *TINY, "embedding=single,mlet", "trainer.max_epochs=1",
                     f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)
@@ -95,6 +97,7 @@ def test_cli_multirun_two_points(tmp_path):
         ("keep_last_checkpoint=sometimes", "keep_last_checkpoint='sometimes': expected auto, true or false"),
     ],
 )
+@pytest.mark.slow  # starts processes
 def test_cli_bad_input_is_one_clear_line(override, needle, tmp_path):
     proc = run_cli([*TINY, override, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
@@ -106,11 +109,13 @@ def test_cli_bad_input_is_one_clear_line(override, needle, tmp_path):
     assert not record.exists() or json.loads(record.read_text())["status"] == "failed"
 
 
+@pytest.mark.slow  # starts processes
 def test_unknown_group_option_lists_the_choices(tmp_path):
     proc = run_cli([*TINY, "embedding=foo"], cwd=tmp_path, timeout=120)
     assert "mlet" in proc.stderr and "single" in proc.stderr
 
 
+@pytest.mark.slow  # starts processes
 def test_wandb_offline_run_writes_local_files(tmp_path):
     env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_CONSOLE": "off"}
     overrides = [o for o in TINY if not o.startswith("logger=")]
@@ -198,6 +203,7 @@ def test_config_is_checked_before_any_work(override, needle, tmp_path, monkeypat
     assert needle in str(info.value)
 
 
+@pytest.mark.slow  # starts processes
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     proc = run_cli(["-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "embedding=single,mlet",
                     "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/sweep"], cwd=tmp_path)

@@ -34,10 +34,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mlet.embeddings.base import FieldEmbedding, check_dim, check_eval_mode
+from collections.abc import Mapping
+from typing import Any
+
+from mlet.embeddings.base import FieldEmbedding, check_dim, check_eval_mode, is_int
 from mlet.embeddings.init import balance_, check_table_init, init_table_
 from mlet.embeddings.single import SingleLayerEmbedding
-from mlet.embeddings.torchrec import TorchRecTables, backend_problem, collapse_parts
+from mlet.embeddings.torchrec import TorchRecTables, backend_problem, collapse_parts, config_backend_problem
 
 INITS = ("scaled", "authors", "balanced")
 # eval_mode=auto gathers instead of collapsing when the collapsed table would hold more entries
@@ -82,6 +85,8 @@ class MLETEmbedding(FieldEmbedding):
     """
 
     kind = "mlet"
+    arm_keys = ("inner_dim",)
+    key_names = {"inner_dim": "k"}
 
     def __init__(
         self,
@@ -105,7 +110,7 @@ class MLETEmbedding(FieldEmbedding):
         # only. The same numbers either way (see _forward_unique).
         self.dedup_lookups: bool | None = None
         self.inner_dim = check_dim("inner_dim", inner_dim)
-        self._check_inner_dim()
+        self.check_config({"dim": self.dim, "inner_dim": self.inner_dim})
         self.share_projection = bool(share_projection)
         self.init = init
         std = projection_std(init, self.inner_dim)
@@ -130,12 +135,22 @@ class MLETEmbedding(FieldEmbedding):
         for f, a in enumerate(torch.split(self.inner.weight.data, self.cardinalities)):
             balance_(a, self.projection.data[f])
 
-    def _check_inner_dim(self) -> None:
-        if self.inner_dim < self.dim:
-            raise ValueError(
-                f"embedding.inner_dim={self.inner_dim} is smaller than embedding.dim={self.dim}: MLET needs "
-                "inner_dim >= dim (inner_dim < dim is a low-rank factorisation, a different method: embedding=lowrank)"
-            )
+    @classmethod
+    def config_problem(cls, cfg: Mapping[str, Any]) -> str | None:
+        dim, k = cfg.get("dim"), cfg.get("inner_dim")
+        if config_backend_problem(cfg, "inner_dim"):
+            return config_backend_problem(cfg, "inner_dim")
+        if not (is_int(dim) and is_int(k)):  # not numbers yet: the constructor's checks name them
+            return None
+        if k < dim:
+            return (f"embedding.inner_dim={k} < embedding.dim={dim}: MLET needs inner_dim >= dim "
+                    "(inner_dim < dim is a low-rank factorisation, a different method: embedding=lowrank)")
+        return None
+
+    @classmethod
+    def label_of(cls, arm: Mapping[str, Any]) -> str:
+        k = arm.get("inner_dim")
+        return f"{arm.get('kind', cls.kind)}" + (f" k={k}" if k is not None else "")
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         rows = self.rows(indices)  # [B, F]
@@ -233,9 +248,12 @@ class LowRankEmbedding(MLETEmbedding):
 
     kind = "lowrank"
 
-    def _check_inner_dim(self) -> None:
-        if self.inner_dim >= self.dim:
-            raise ValueError(
-                f"embedding=lowrank needs inner_dim < dim, got inner_dim={self.inner_dim}, dim={self.dim} "
-                "(inner_dim >= dim is MLET: embedding=mlet)"
-            )
+    @classmethod
+    def config_problem(cls, cfg: Mapping[str, Any]) -> str | None:
+        dim, k = cfg.get("dim"), cfg.get("inner_dim")
+        if config_backend_problem(cfg, "inner_dim"):
+            return config_backend_problem(cfg, "inner_dim")
+        if is_int(dim) and is_int(k) and k >= dim:
+            return (f"embedding=lowrank needs inner_dim < dim, got embedding.inner_dim={k}, embedding.dim={dim} "
+                    "(inner_dim >= dim is MLET: embedding=mlet)")
+        return None

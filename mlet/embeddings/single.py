@@ -9,7 +9,7 @@ from torch import nn
 
 from mlet.embeddings.base import FieldEmbedding, check_eval_mode
 from mlet.embeddings.init import check_table_init, init_table_
-from mlet.embeddings.torchrec import TorchRecTables, backend_problem, collapse_parts
+from mlet.embeddings.torchrec import TorchRecTables, backend_problem, collapse_parts, config_backend_problem
 
 
 class SingleLayerEmbedding(FieldEmbedding):
@@ -33,6 +33,7 @@ class SingleLayerEmbedding(FieldEmbedding):
     """
 
     kind = "single"
+    ignored_keys = ("inner_dim",)
 
     def __init__(
         self,
@@ -58,6 +59,10 @@ class SingleLayerEmbedding(FieldEmbedding):
         init_table_(self.table.weight, self.cardinalities, table_init, init_std)
         if backend == "torchrec":
             self.table = TorchRecTables(self.cardinalities, self.table.weight.data, sharding)
+
+    @classmethod
+    def config_problem(cls, cfg) -> str | None:
+        return config_backend_problem(cfg, "dim")  # FBGEMM's dim % 4 under embedding.backend=torchrec
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         rows = self.rows(indices)

@@ -53,6 +53,15 @@ def backend_problem(backend: str, sharding: str, key: str, width: int) -> str | 
     return None
 
 
+def config_backend_problem(cfg, key: str) -> str | None:
+    """:func:`backend_problem` for an ``embedding`` config node (``key``: the width's key, ``dim`` or
+    ``inner_dim``); None while the width is not a number yet (the constructor's checks name it)."""
+    width = cfg.get(key)
+    if isinstance(width, bool) or not isinstance(width, int):
+        return None
+    return backend_problem(cfg.get("backend", "native"), cfg.get("sharding", "auto"), f"embedding.{key}", width)
+
+
 def require_torchrec():
     """The ``torchrec`` module, or a one-line :class:`BackendError` saying how to install it."""
     try:

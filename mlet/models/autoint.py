@@ -80,6 +80,9 @@ class AutoInt(nn.Module):
     num_fields: categorical fields F.
     embed_dim: embedding dimension d (from the embedding module).
     num_dense: dense features D (one extra attention field, and part of the DNN input).
+    first_order: where each category's first-order (wide) weight comes from: ``table`` (one weight per
+        category, looked up by :class:`mlet.module.CTRNet`) or ``embedding`` (``w_f . e_c``); see
+        :class:`~mlet.models.layers.FirstOrder`.
     attention_layers: number of self-attention layers.
     num_heads: heads per layer; attention_dim: total width per field (divisible by num_heads).
     use_residual, use_scale, layer_norm: of the attention layers.
@@ -93,6 +96,7 @@ class AutoInt(nn.Module):
         num_fields: int,
         embed_dim: int,
         num_dense: int = 0,
+        first_order: str = "embedding",
         attention_layers: int = 6,
         num_heads: int = 2,
         attention_dim: int = 128,
@@ -121,14 +125,21 @@ class AutoInt(nn.Module):
             )
         )
         self.attention_out = nn.Linear(fields * attention_dim, 1)
-        self.wide_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False) if use_wide else None
+        self.wide_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False, source=first_order) if use_wide else None
         self.deep_arch = DeepTower(num_fields, embed_dim, num_dense, hidden, activation=activation, dropout=dropout, batch_norm=batch_norm) if hidden else None
 
-    def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    @property
+    def category_weights(self) -> bool:
+        """Whether ``forward`` needs each category's first-order weight (``first_order: table``)."""
+        return self.wide_arch is not None and self.wide_arch.category_weights
+
+    def forward(
+        self, embedded: torch.Tensor, dense: torch.Tensor, category_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         attended = self.attention_arch(self.dense_field(embedded, dense))
         logit = self.attention_out(attended.flatten(1)).squeeze(-1)
         if self.wide_arch is not None:
-            logit = logit + self.wide_arch(embedded, dense)
+            logit = logit + self.wide_arch(embedded, dense, category_weights)
         if self.deep_arch is not None:
             logit = logit + self.deep_arch(embedded, dense)
         return logit

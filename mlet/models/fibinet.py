@@ -83,6 +83,9 @@ class FiBiNET(nn.Module):
     num_fields: categorical fields F.
     embed_dim: embedding dimension d (from the embedding module).
     num_dense: dense features D (one extra field, and part of the linear and DNN inputs).
+    first_order: where each category's first-order weight comes from: ``table`` (one weight per
+        category, looked up by :class:`mlet.module.CTRNet`) or ``embedding`` (``w_f . e_c``); see
+        :class:`~mlet.models.layers.FirstOrder`.
     bilinear_type: ``field_all``, ``field_each`` or ``field_interaction``.
     reduction_ratio: SENET reduction ratio.
     hidden: DNN widths.
@@ -94,6 +97,7 @@ class FiBiNET(nn.Module):
         num_fields: int,
         embed_dim: int,
         num_dense: int = 0,
+        first_order: str = "embedding",
         bilinear_type: str = "field_interaction",
         reduction_ratio: float = 12,
         hidden: Sequence[int] = (400, 400, 400),
@@ -103,7 +107,7 @@ class FiBiNET(nn.Module):
     ) -> None:
         super().__init__()
         check_contract("FiBiNET", num_fields, embed_dim, num_dense)
-        self.linear_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False)
+        self.linear_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False, source=first_order)
         self.dense_field = DenseField(num_dense, embed_dim)
         fields = num_fields + self.dense_field.extra_fields
         if fields < 2:
@@ -114,9 +118,16 @@ class FiBiNET(nn.Module):
         deep_in = 2 * self.bilinear_raw.num_pairs * embed_dim + num_dense
         self.deep_arch = MLP(deep_in, hidden, 1, activation=activation, dropout=dropout, batch_norm=batch_norm)
 
-    def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    @property
+    def category_weights(self) -> bool:
+        """Whether ``forward`` needs each category's first-order weight (``first_order: table``)."""
+        return self.linear_arch.category_weights
+
+    def forward(
+        self, embedded: torch.Tensor, dense: torch.Tensor, category_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         fields = self.dense_field(embedded, dense)
         p = self.bilinear_raw(fields)
         q = self.bilinear_senet(self.senet(fields))
         deep_in = torch.cat([p.flatten(1), q.flatten(1), dense.to(p.dtype)], dim=1)
-        return self.linear_arch(embedded, dense) + self.deep_arch(deep_in).squeeze(-1)
+        return self.linear_arch(embedded, dense, category_weights) + self.deep_arch(deep_in).squeeze(-1)

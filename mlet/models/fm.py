@@ -19,14 +19,24 @@ class FM(nn.Module):
     num_fields: categorical fields F.
     embed_dim: embedding dimension d (from the embedding module).
     num_dense: dense features D (one extra FM field, and first-order weights).
+    first_order: where each category's first-order weight comes from: ``table`` (one weight per
+        category, looked up by :class:`mlet.module.CTRNet`) or ``embedding`` (``w_f . e_c``); see
+        :class:`~mlet.models.layers.FirstOrder`.
     """
 
-    def __init__(self, num_fields: int, embed_dim: int, num_dense: int = 0) -> None:
+    def __init__(self, num_fields: int, embed_dim: int, num_dense: int = 0, first_order: str = "embedding") -> None:
         super().__init__()
         check_contract("FM", num_fields, embed_dim, num_dense)
-        self.linear_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=True)
+        self.linear_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=True, source=first_order)
         self.dense_field = DenseField(num_dense, embed_dim)
         self.fm_arch = FMInteraction()
 
-    def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return self.linear_arch(embedded, dense) + self.fm_arch(self.dense_field(embedded, dense))
+    @property
+    def category_weights(self) -> bool:
+        """Whether ``forward`` needs each category's first-order weight (``first_order: table``)."""
+        return self.linear_arch.category_weights
+
+    def forward(
+        self, embedded: torch.Tensor, dense: torch.Tensor, category_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.linear_arch(embedded, dense, category_weights) + self.fm_arch(self.dense_field(embedded, dense))

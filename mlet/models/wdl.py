@@ -22,6 +22,9 @@ class WDL(nn.Module):
     num_fields: categorical fields F.
     embed_dim: embedding dimension d (from the embedding module).
     num_dense: dense features D.
+    first_order: where each category's first-order weight comes from: ``table`` (one weight per
+        category, looked up by :class:`mlet.module.CTRNet`) or ``embedding`` (``w_f . e_c``); see
+        :class:`~mlet.models.layers.FirstOrder`.
     hidden: DNN widths.
     dropout, batch_norm, activation: of the DNN.
     """
@@ -31,6 +34,7 @@ class WDL(nn.Module):
         num_fields: int,
         embed_dim: int,
         num_dense: int = 0,
+        first_order: str = "embedding",
         hidden: Sequence[int] = (400, 400, 400),
         dropout: float = 0.1,
         batch_norm: bool = True,
@@ -38,8 +42,15 @@ class WDL(nn.Module):
     ) -> None:
         super().__init__()
         check_contract("WDL", num_fields, embed_dim, num_dense)
-        self.wide_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False)
+        self.wide_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False, source=first_order)
         self.deep_arch = DeepTower(num_fields, embed_dim, num_dense, hidden, activation=activation, dropout=dropout, batch_norm=batch_norm)
 
-    def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        return self.wide_arch(embedded, dense) + self.deep_arch(embedded, dense)
+    @property
+    def category_weights(self) -> bool:
+        """Whether ``forward`` needs each category's first-order weight (``first_order: table``)."""
+        return self.wide_arch.category_weights
+
+    def forward(
+        self, embedded: torch.Tensor, dense: torch.Tensor, category_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.wide_arch(embedded, dense, category_weights) + self.deep_arch(embedded, dense)

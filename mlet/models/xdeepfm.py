@@ -56,6 +56,9 @@ class XDeepFM(nn.Module):
     num_fields: categorical fields F.
     embed_dim: embedding dimension d (from the embedding module).
     num_dense: dense features D (one extra CIN field, and part of the linear and DNN inputs).
+    first_order: where each category's first-order weight comes from: ``table`` (one weight per
+        category, looked up by :class:`mlet.module.CTRNet`) or ``embedding`` (``w_f . e_c``); see
+        :class:`~mlet.models.layers.FirstOrder`.
     cin_layer_units: feature maps H_k of each CIN layer.
     hidden: DNN widths; empty means no DNN (LR + CIN).
     dropout, batch_norm, activation: of the DNN.
@@ -66,6 +69,7 @@ class XDeepFM(nn.Module):
         num_fields: int,
         embed_dim: int,
         num_dense: int = 0,
+        first_order: str = "embedding",
         cin_layer_units: Sequence[int] = (16, 16),
         hidden: Sequence[int] = (400, 400, 400),
         dropout: float = 0.2,
@@ -74,14 +78,21 @@ class XDeepFM(nn.Module):
     ) -> None:
         super().__init__()
         check_contract("XDeepFM", num_fields, embed_dim, num_dense)
-        self.linear_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False)
+        self.linear_arch = FirstOrder(num_fields, embed_dim, num_dense, bias=False, source=first_order)
         self.dense_field = DenseField(num_dense, embed_dim)
         self.cin_arch = CIN(num_fields + self.dense_field.extra_fields, cin_layer_units)
         self.cin_out = nn.Linear(self.cin_arch.out_features, 1)
         self.deep_arch = DeepTower(num_fields, embed_dim, num_dense, hidden, activation=activation, dropout=dropout, batch_norm=batch_norm) if hidden else None
 
-    def forward(self, embedded: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        logit = self.linear_arch(embedded, dense)
+    @property
+    def category_weights(self) -> bool:
+        """Whether ``forward`` needs each category's first-order weight (``first_order: table``)."""
+        return self.linear_arch.category_weights
+
+    def forward(
+        self, embedded: torch.Tensor, dense: torch.Tensor, category_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        logit = self.linear_arch(embedded, dense, category_weights)
         logit = logit + self.cin_out(self.cin_arch(self.dense_field(embedded, dense))).squeeze(-1)
         if self.deep_arch is not None:
             logit = logit + self.deep_arch(embedded, dense)

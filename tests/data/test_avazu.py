@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rawdata import (AVAZU_HEADER, assert_matches, avazu_reference, avazu_rows, random_split_names, split_names_bars,
+from tests.helpers.rawdata import (AVAZU_HEADER, assert_matches, avazu_reference, avazu_rows, random_split_names, split_names_bars,
                      token_order, write_avazu)
 
 from mlet.data.avazu import FIELDS, TOKEN_COLUMNS, Avazu
@@ -115,6 +115,7 @@ def test_header_is_checked(tmp_path):
         avazu(path, tmp_path / "cache").prepare()
 
 
+@pytest.mark.slow  # starts processes
 def test_parallel_segments_give_identical_arrays(tmp_path):
     rows = avazu_rows(800, seed=5)
     path = write_avazu(tmp_path / "train", rows)
@@ -129,10 +130,10 @@ def test_parallel_segments_give_identical_arrays(tmp_path):
 @pytest.mark.parametrize("preset", ["paper_dlrm_avazu", "paper_dlrm_criteo_kaggle"])
 def test_predecessor_preset_trains_from_a_raw_file(preset, tmp_path):
     """One command per published setting: the preset, a raw file, an MLET with the authors' init."""
-    from rawdata import criteo_rows, write_criteo
+    from tests.helpers.rawdata import criteo_rows, write_criteo
 
     from mlet.job import run
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     if "avazu" in preset:
         raw = write_avazu(tmp_path / "train", avazu_rows(600, seed=9))

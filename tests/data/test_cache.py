@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from rawdata import criteo_rows, write_criteo
+from tests.helpers.rawdata import criteo_rows, write_criteo
 
 import mlet.data.phases as phases
 from mlet.data.criteo import CriteoKaggle
@@ -30,6 +30,7 @@ def entries(cache):
     return sorted(p.name for p in cache.iterdir())
 
 
+@pytest.mark.slow  # starts processes
 def test_second_prepare_reuses_the_cache(raw, tmp_path):
     cache = tmp_path / "cache"
     first = source(raw, cache)
@@ -102,6 +103,7 @@ def _killed_build(raw, cache):
     source(raw, cache).prepare()
 
 
+@pytest.mark.slow  # starts processes
 def test_killed_build_is_cleaned_up_and_rebuilt(raw, tmp_path):
     cache = tmp_path / "cache"
     proc = mp.get_context("fork").Process(target=_killed_build, args=(raw, cache))
@@ -116,6 +118,7 @@ def test_killed_build_is_cleaned_up_and_rebuilt(raw, tmp_path):
     assert src.built and entries(cache) == [path.name]  # the stale directory is gone
 
 
+@pytest.mark.slow  # starts processes
 def test_temporary_directory_of_a_live_process_is_left_alone(raw, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from rawdata import (
+from tests.helpers.rawdata import (
     bars_bucket_reference,
     assert_matches,
     criteo_line,
@@ -110,6 +110,7 @@ def test_oov_at_min_count_boundary(tmp_path):
     assert test.cat[61 - 60, 0] == a and test.cat[62 - 60, 0] == 0
 
 
+@pytest.mark.slow  # starts processes
 def test_parallel_segments_give_identical_arrays(tmp_path):
     rows = criteo_rows(900, seed=5)
     path = write_criteo(tmp_path / "train.txt", rows, strip_every=11)
@@ -213,6 +214,7 @@ def test_bad_lines_skipped_and_counted(tmp_path):
         np.testing.assert_array_equal(arrays.splits[s].cat, clean.splits[s].cat)
 
 
+@pytest.mark.slow  # starts processes
 def test_bad_line_in_a_later_segment_names_its_absolute_line(tmp_path):
     rows = criteo_rows(400, seed=10)
     lines = [criteo_line(*r) for r in rows]
@@ -253,6 +255,7 @@ def test_terabyte_days_and_cap(tmp_path):
     assert all(c <= 1001 for c in arrays.cardinalities)
 
 
+@pytest.mark.slow  # starts processes
 def test_terabyte_negative_subsampling(tmp_path):
     folder, days = _days(tmp_path, n=400)
     full = CriteoTerabyte(folder, **PAD, cache_dir=tmp_path / "c0", days=3, negative_keep_rate=None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from rawdata import write_movielens
+from tests.helpers.rawdata import write_movielens
 
 from mlet.data.movielens import MovieLens100K
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from rawdata import movielens_reference, random_split_names, write_movielens
+from tests.helpers.rawdata import movielens_reference, random_split_names, write_movielens
 
 from mlet.data.movielens import FIELDS, DownloadError, MovieLens100K, fetch_ml100k
 from mlet.data.pipeline import BadLineError

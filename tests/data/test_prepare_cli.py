@@ -10,9 +10,9 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from rawdata import write_movielens
+from tests.helpers.rawdata import write_movielens
 
-from tests.conftest import run_script
+from tests.helpers import run_script
 
 CONF = Path(str(files("mlet.conf")))  # the packaged configs, as mlet-prepare finds them
 SOURCES = {
@@ -64,6 +64,7 @@ def test_path_is_mandatory():
     GlobalHydra.instance().clear()
 
 
+@pytest.mark.slow  # starts processes
 def test_cli_prepares_and_writes_nothing_in_the_working_directory(tmp_path):
     folder = write_movielens(tmp_path / "ml", n_ratings=200)
     work = tmp_path / "work"

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 import pytest
-from rawdata import AVAZU_HEADER, avazu_rows, criteo_line, criteo_rows, write_avazu, write_movielens
+from tests.helpers.rawdata import AVAZU_HEADER, avazu_rows, criteo_line, criteo_rows, write_avazu, write_movielens
 
 from mlet.data.avazu import Avazu
 from mlet.data.criteo import CriteoKaggle, CriteoTerabyte
@@ -110,6 +110,7 @@ def test_policy_is_part_of_the_cache_key(short_file, tmp_path):
     assert kaggle(full, cache, on_short_line="pad").prepare() != kaggle(full, cache).prepare()
 
 
+@pytest.mark.slow  # starts processes
 def test_short_line_in_a_later_segment_is_numbered_in_its_file(tmp_path):
     rows = criteo_rows(400, seed=22)
     rows[350][2][25] = None
@@ -181,6 +182,7 @@ def test_tabular_csv_short_rows(tmp_path):
         Tabular(path, cache_dir=tmp_path / "c", on_short_line="pad", **kw)
 
 
+@pytest.mark.slow  # starts processes
 def test_mlet_prepare_stops_at_a_short_line_and_counts_padded_ones(short_file, tmp_path):
     """The command (as tests/data/test_prepare_cli.py runs it: the installed mlet-prepare does not find
     its configs on this branch): a short line stops it with one message; asked to pad, it reports the count."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rawdata import sklearn019_test_folds, split_names_dlrm
+from tests.helpers.rawdata import sklearn019_test_folds, split_names_dlrm
 
 from mlet.data import splits as S
 

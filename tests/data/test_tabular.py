@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pandas as pd
 import pytest
-from rawdata import AVAZU_HEADER, assert_matches, avazu_rows, random_split_names, token_order
+from tests.helpers.rawdata import AVAZU_HEADER, assert_matches, avazu_rows, random_split_names, token_order
 
 from mlet.data.pipeline import BadLineError
 from mlet.data.tabular import Tabular
@@ -118,6 +118,7 @@ def test_csv_progress_moves_with_the_bytes_read(tmp_path, suffix):
     assert len(np.unique(done[:-1])) >= 5 and done[0] < seg.size / 2  # moving before the end
 
 
+@pytest.mark.slow  # starts processes
 def test_one_csv_is_parsed_in_parallel_pieces_with_file_line_numbers(tmp_path):
     """A single CSV is cut into byte ranges at line starts, parsed by several workers: the same
     arrays as one worker; a bad value in a later piece is named by its line in the file."""

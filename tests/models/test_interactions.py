@@ -232,3 +232,43 @@ def test_dense_field_joins_the_fields():
     assert out.shape == (B, 3, 3)
     torch.testing.assert_close(out[:, :2], e)
     torch.testing.assert_close(out[:, 2], x @ field.proj.weight.T)
+
+
+# ---- first-order weights from a table of their own (first_order: table) ----------------------
+def test_first_order_table_adds_each_categorys_weight_the_dense_term_and_the_bias():
+    from mlet.models.layers import FirstOrder
+
+    layer = FirstOrder(num_fields=2, embed_dim=3, num_dense=1, bias=True, source="table")
+    with torch.no_grad():
+        layer.linear.weight.fill_(2.0)
+        layer.linear.bias.fill_(0.5)
+    weights = torch.tensor([[1.0, 10.0], [-1.0, 0.25]])
+    dense = torch.tensor([[3.0], [0.0]])
+    out = layer(torch.randn(2, 2, 3), dense, weights)
+    torch.testing.assert_close(out, torch.tensor([1 + 10 + 2 * 3 + 0.5, -1 + 0.25 + 0 + 0.5]))
+    with pytest.raises(ValueError, match="category_weights"):
+        layer(torch.randn(2, 2, 3), dense)
+    with pytest.raises(ValueError, match="model.first_order must be one of table, embedding"):
+        FirstOrder(2, 3, source="both")
+
+
+def test_ctrnet_looks_up_one_first_order_weight_per_category_and_keeps_it_when_deployed():
+    from mlet.embeddings import MLETEmbedding
+    from mlet.models.lr import LR
+    from mlet.module import CTRNet
+
+    cards = [3, 4]
+    net = CTRNet(MLETEmbedding(cards, 2, inner_dim=4), LR(2, 2, 0, first_order="table"))
+    assert net.first_order is not None and net.first_order.dim == 1 and net.first_order.total_rows == 7
+    with torch.no_grad():
+        net.first_order.table.weight.copy_(torch.arange(7.0).unsqueeze(1))  # field 0: 0, 1, 2; field 1: 3..6
+        net.model.linear_arch.bias.zero_()
+    cat = torch.tensor([[0, 0], [2, 3]])
+    torch.testing.assert_close(net(torch.zeros(2, 0), cat), torch.tensor([0.0 + 3.0, 2.0 + 6.0]))
+    deployed = net.deployed()
+    assert deployed.first_order is net.first_order and deployed.embedding is not net.embedding
+    torch.testing.assert_close(deployed(torch.zeros(2, 0), cat), net(torch.zeros(2, 0), cat))
+    # the weights table is a per-category table: it goes with the embedding tables to the sparse optimiser
+    assert any(p is net.first_order.table.weight for p in net.sparse_parameters())
+    # a model with first_order: embedding gets no table
+    assert CTRNet(MLETEmbedding(cards, 2, inner_dim=4), LR(2, 2, 0)).first_order is None

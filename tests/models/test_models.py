@@ -123,7 +123,9 @@ def test_without_dense_features(name):
     torch.manual_seed(0)
     model = build(name, len(CARDINALITIES), 4, 0).eval()
     embedded = torch.randn(BATCH, len(CARDINALITIES), 4)
-    logits = model(embedded, torch.empty(BATCH, 0))
+    # a first-order term with its own table (first_order: table) gets the categories' weights
+    weights = [torch.randn(BATCH, len(CARDINALITIES))] if getattr(model, "category_weights", False) else []
+    logits = model(embedded, torch.empty(BATCH, 0), *weights)
     assert logits.shape == (BATCH,) and torch.isfinite(logits).all()
 
 
@@ -175,9 +177,9 @@ def test_learns_synthetic_data(name, datamodule):
             F.binary_cross_entropy_with_logits(net(dense, cat), label).backward()
             optimizer.step()
     net.eval()
-    collapsed = embedding.collapse()
+    deployed = net.deployed()  # the collapsed embedding, the same model and first-order table
     with torch.no_grad():
-        scores, labels = zip(*[(model(collapsed(cat), dense), label) for dense, cat, label in datamodule.val_dataloader()])
+        scores, labels = zip(*[(deployed(dense, cat), label) for dense, cat, label in datamodule.val_dataloader()])
     val_auc = auc(torch.cat(scores), torch.cat(labels))
     print(f"{name}: val AUC {val_auc:.4f}")
     assert val_auc > AUC_FLOOR
@@ -188,7 +190,7 @@ def test_learns_synthetic_data(name, datamodule):
 def test_builds_from_train_config(name, tmp_path):
     """``mlet-train model=<name>``: the Hydra group composes and ``mlet.train.build`` supplies F, d, D."""
     from mlet.job import build
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     model_overrides = [f"model.{k}={json.dumps(v)}" for k, v in TINY[name].items()]
     data = ["data.rows=600", "data.num_fields=3", "data.num_dense=2", "data.max_cardinality=50"]
