@@ -202,7 +202,7 @@ def train_and_export(tmp_path) -> tuple[float, float]:
 
     from mlet.data import SyntheticCTR
     from mlet.metrics import auc
-    from tests.conftest import run_cli, run_script
+    from tests.helpers import run_cli, run_script
 
     as_written = run_cli(DONE_WHEN, tmp_path, timeout=300)
     assert as_written.returncode == 2, as_written.stderr[-2000:]
