@@ -100,6 +100,7 @@ def test_unsharded_torchrec_tables_compute_the_native_outputs(kind):
     rows = torch.tensor([0, 8, 20])
     torch.testing.assert_close(trec.collapsed_rows(rows), native.collapsed_rows(rows))
     assert trec.for_evaluation() is trec  # evaluation looks rows up in the (sharded) tables
+    assert (trec.train_parameters, trec.train_bytes) == (native.train_parameters, native.train_bytes)
 
 
 @needs_torchrec

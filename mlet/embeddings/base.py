@@ -215,7 +215,11 @@ class FieldEmbedding(nn.Module, ABC):
 
 
 def _state_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in module.state_dict().values() if torch.is_tensor(t))
+    # TorchRec tables (embedding.backend=torchrec) count whole, fp32, however they are sharded
+    tables = {f"{name}.": m for name, m in module.named_modules() if name and hasattr(m, "full_numel")}
+    whole = sum(m.full_numel * 4 for m in tables.values())
+    return whole + sum(t.numel() * t.element_size() for key, t in module.state_dict().items()
+                       if torch.is_tensor(t) and not any(key.startswith(prefix) for prefix in tables))
 
 
 def embedding_class(target: str | None) -> type[FieldEmbedding] | None:
