@@ -44,8 +44,10 @@ class ExportError(MletError):
 
 def locate(target: str | Path) -> tuple[Path, Path]:
     """(run dir, checkpoint) for a run dir or a checkpoint inside one."""
+    from mlet.torchrec_strategy import is_sharded_checkpoint
+
     target = Path(target)
-    if target.is_file():
+    if target.is_file() or is_sharded_checkpoint(target):  # a file, or a sharded (torchrec) checkpoint
         run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
         return run_dir, target
     if not target.is_dir():
@@ -56,10 +58,10 @@ def locate(target: str | Path) -> tuple[Path, Path]:
             best = read_record(record).best_checkpoint
         except ValueError as exc:
             raise ExportError(str(exc)) from None
-        if best and Path(best).is_file():
+        if best and Path(best).exists():  # a file, or a sharded checkpoint directory
             return target, Path(best)
     last = target / "checkpoints" / "last.ckpt"
-    if last.is_file():
+    if last.exists():
         return target, last
     raise ExportError(f"{target}: no checkpoint found (record.json's best_checkpoint or checkpoints/last.ckpt)")
 
@@ -78,9 +80,15 @@ def load_collapsed(target: str | Path) -> tuple[CTRNet, dict, Path]:
         cardinalities, dense_names = schema["cardinalities"], schema["dense_names"]
     except (ValueError, KeyError) as exc:
         raise ExportError(f"{run_dir / 'schema.json'}: not a run's data schema ({type(exc).__name__}: {exc})") from None
+    from mlet.torchrec_strategy import is_sharded_checkpoint, native_state_dict
+
+    sharded = is_sharded_checkpoint(ckpt)
+    if sharded:  # embedding.backend=torchrec: read the shards into the native network (same program)
+        cfg.embedding.backend = "native"
     module = build_module(cfg, cardinalities, len(dense_names))
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        state = (native_state_dict(ckpt) if sharded
+                 else torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
     except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a file that is no checkpoint
         raise ExportError(f"{ckpt}: not a readable Lightning checkpoint ({type(exc).__name__}: {exc})") from None
     try:

@@ -8,6 +8,7 @@ network with :func:`build_module`, the same builder training uses.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,35 @@ def save_run_spec(output_dir: Path, cfg: DictConfig, datamodule) -> None:
     write_json(output_dir / "schema.json", schema)
 
 
+def _backend_strategy(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """``{"strategy": TorchRecStrategy}`` under ``embedding.backend=torchrec`` (mlet.torchrec_strategy:
+    sharded tables, fused optimiser, sharded checkpoints; it takes the place of ``trainer.strategy``
+    auto or ddp), else nothing."""
+    if OmegaConf.select(cfg, "embedding.backend", default="native") != "torchrec":
+        return {}
+    chosen = OmegaConf.select(cfg, "trainer.strategy", default="auto")
+    if chosen not in ("auto", "ddp"):
+        raise MletError(f"embedding.backend=torchrec trains with its own strategy (DDP with sharded tables): "
+                        f"trainer.strategy={chosen} cannot be used with it (use trainer=cpu, gpu or ddp)")
+    from mlet.embeddings.torchrec import require_torchrec
+    from mlet.optim import fused_table_optimizer
+    from mlet.torchrec_strategy import TorchRecStrategy
+
+    require_torchrec()
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    fused_table_optimizer(instantiate(cfg.optimizer), "cuda" if on_gpu else "cpu")  # refused before any process starts
+    return {"strategy": TorchRecStrategy(plan_dir=output_dir)}
+
+
+def _remove_checkpoint(path: Path) -> None:
+    """A checkpoint file, or a sharded one (a directory: embedding.backend=torchrec)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def _drop_resume_checkpoints(cfg: DictConfig, output_dir: Path, keep: str) -> None:
     """Delete ``last*.ckpt`` of a finished run as ``keep_last_checkpoint`` says (auto: in a multirun)."""
     setting = cfg.get("keep_last_checkpoint", "auto")  # checked by check_config
@@ -83,7 +113,7 @@ def _drop_resume_checkpoints(cfg: DictConfig, output_dir: Path, keep: str) -> No
         return
     for path in (output_dir / "checkpoints").glob("last*.ckpt"):
         if str(path) != keep:
-            path.unlink(missing_ok=True)
+            _remove_checkpoint(path)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -139,7 +169,7 @@ def _resume_from(ckpt_path: str | None, output_dir: Path, retrain: bool) -> str 
     if retrain:
         old = sorted(checkpoints.glob("*.ckpt"))
         for path in old:
-            path.unlink()
+            _remove_checkpoint(path)
         log.info("force=true: retraining from scratch%s", f" (deleted the finished run's {len(old)} checkpoint(s))" if old else "")
         return None
     if any(checkpoints.glob("last*.ckpt")):
@@ -167,6 +197,7 @@ def _fit(trainer: pl.Trainer, module: CTRModule, datamodule, ckpt_path: str | No
 
 
 def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = False) -> dict[str, Any]:
+    backend = _backend_strategy(cfg, output_dir)  # a TorchRec backend that cannot run fails before the data is built
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
     if sweep.process_rank() == 0:
@@ -177,7 +208,8 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = Fa
     # plain progress lines instead of tqdm's bar where the bar is of no use (mlet.callbacks.LogProgress)
     plain = any(isinstance(cb, LogProgress) and cb.active(bar) for cb in callbacks)
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                      **({"enable_progress_bar": False} if plain and bar else {}))
+                                      **({"enable_progress_bar": False} if plain and bar else {}),
+                                      **backend)
     for lg in loggers:
         lg.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "run": sweep.identity(cfg)})
 

@@ -182,12 +182,16 @@ class CTRModule(pl.LightningModule):
         return 0.5 * self.embedding_l2 * (embedded.pow(2).sum(-1) * weight).sum()
 
     def configure_optimizers(self):
-        trainable = [p for p in self.parameters() if p.requires_grad]
+        # Under the TorchRec backend (mlet.torchrec_strategy) the sharded tables' optimiser is FBGEMM's,
+        # fused into backward: they are left out here; replicated (data_parallel) tables are dense ones.
+        fused = getattr(self, "fused_parameter_ids", set())
+        trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in fused]
         factory = self.optimizer_factory
         if not hasattr(factory, "build"):
             optimizer = factory(trainable)
         else:
-            sparse_ids = {id(p) for p in self.net.sparse_parameters()}  # the tables (sparse or not)
+            torchrec = getattr(self.embedding, "backend", "native") == "torchrec"
+            sparse_ids = set() if torchrec else {id(p) for p in self.net.sparse_parameters()}  # the tables
             optimizer = factory.build(
                 [p for p in trainable if id(p) not in sparse_ids], [p for p in trainable if id(p) in sparse_ids]
             )

@@ -229,3 +229,103 @@ def clip_gradients_(params: Iterable[nn.Parameter], clip_val: float, algorithm: 
     for g in grads:  # a coalesced sparse gradient's values() is its storage: scaled in place
         g.mul_(coef.to(g.device))
     return total
+
+
+class RowWiseAdagrad(Optimizer):
+    """Row-wise Adagrad: one accumulator per table row (the mean of its squared gradient entries)
+    instead of one per entry, so its state is ``n`` floats for an ``n x k`` table, not ``n x k``.
+
+    ``state += mean_j(g_rj^2)``; ``w_r -= lr * g_r / (sqrt(state_r) + eps)``: FBGEMM's
+    ``EXACT_ROWWISE_ADAGRAD``, the usual choice for production embedding tables (TorchRec backend:
+    fused into backward), here as a torch optimiser for the native backend. Takes sparse row
+    gradients (a row absent from the batch is untouched, as under the dense update, where its
+    gradient is zero) and dense ones; a parameter of fewer than two dimensions counts as one row.
+    """
+
+    def __init__(self, params, lr: float = 0.01, eps: float = 1e-8) -> None:
+        if not lr > 0:
+            raise ValueError(f"optimizer.lr must be positive, got {lr!r}")
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                rows2d = p.view(p.shape[0], -1) if p.dim() >= 2 else p.view(1, -1)
+                state = self.state[p]
+                if "sum" not in state:
+                    state["sum"] = torch.zeros(rows2d.shape[0], dtype=p.dtype, device=p.device)
+                acc = state["sum"]
+                if p.grad.is_sparse:
+                    grad = p.grad.coalesce()
+                    rows, values = grad.indices()[0], grad.values().reshape(len(grad.indices()[0]), -1)
+                    acc.index_add_(0, rows, values.pow(2).mean(1))
+                    scale = group["lr"] / (acc[rows].sqrt() + group["eps"])
+                    rows2d.index_add_(0, rows, -values * scale[:, None])
+                else:
+                    grad = p.grad.view(rows2d.shape)
+                    acc.add_(grad.pow(2).mean(1))
+                    rows2d.add_(-grad * (group["lr"] / (acc.sqrt() + group["eps"]))[:, None])
+        return loss
+
+
+def _factory_func(factory: OptimizerFactory | None):
+    return factory.func if isinstance(factory, functools.partial) else factory
+
+
+def fused_table_optimizer(optimizer: Any, device_type: str = "cuda") -> dict[str, Any]:
+    """FBGEMM's ``fused_params`` for the tables' optimiser (TorchRec backend), from what
+    ``conf/optimizer`` built: the table optimiser (``sparse``, else ``dense``) becomes its fused
+    FBGEMM counterpart, with the tables' learning rate (``lr * table_lr_scale``).
+
+    ``SGD`` -> ``EXACT_SGD``; ``Adagrad`` -> ``EXACT_ADAGRAD``; :class:`RowWiseAdagrad` ->
+    ``EXACT_ROWWISE_ADAGRAD``; ``SparseAdam`` / ``Adam`` -> ``ADAM`` (FBGEMM's Adam updates only the
+    rows a batch touched, with a global step count: ``SparseAdam``'s lazy algorithm; under
+    ``optimizer=adam`` the tables' update thus differs from native dense Adam's). Anything else is
+    a one-line error naming the key.
+
+    FBGEMM's CPU kernels have no Adam (and TorchRec shards tables only with the fused kernel), so
+    on ``device_type="cpu"`` the Adam family is a one-line error naming the CPU choices.
+    """
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    from mlet.errors import MletError
+
+    if not isinstance(optimizer, SparseAwareOptimizer):
+        raise MletError("embedding.backend=torchrec needs an optimizer from conf/optimizer (a SparseAwareOptimizer)")
+    factory = optimizer.sparse if optimizer.sparse is not None else optimizer.dense
+    func = _factory_func(factory)
+    given = dict(factory.keywords) if isinstance(factory, functools.partial) else {}
+    lr = given.get("lr", optimizer.lr)
+    if lr is None:
+        raise MletError("embedding.backend=torchrec needs optimizer.lr (the fused table optimiser's learning rate)")
+    params: dict[str, Any] = {"learning_rate": float(lr) * optimizer.table_lr_scale}
+    if func is torch.optim.SGD:
+        if given.get("momentum", 0) or given.get("weight_decay", 0):
+            raise MletError("embedding.backend=torchrec: the fused SGD has no momentum or weight_decay (optimizer.dense)")
+        params["optimizer"] = EmbOptimType.EXACT_SGD
+    elif func is torch.optim.Adagrad:
+        params.update(optimizer=EmbOptimType.EXACT_ADAGRAD, eps=float(given.get("eps", 1e-10)))
+    elif func is RowWiseAdagrad:
+        params.update(optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, eps=float(given.get("eps", 1e-8)))
+    elif func in (torch.optim.SparseAdam, torch.optim.Adam):
+        if device_type == "cpu":
+            raise MletError(
+                f"embedding.backend=torchrec on a CPU: FBGEMM has no fused {_name(factory)} for CPU tables "
+                "(Adam runs on GPUs); use optimizer=rowwise_adagrad, adagrad or sgd"
+            )
+        beta1, beta2 = given.get("betas", (0.9, 0.999))
+        params.update(optimizer=EmbOptimType.ADAM, eps=float(given.get("eps", 1e-8)), beta1=float(beta1),
+                      beta2=float(beta2))
+    else:
+        raise MletError(
+            f"embedding.backend=torchrec: no fused FBGEMM optimiser for {_name(factory)} "
+            "(optimizer=sgd, adagrad, rowwise_adagrad, adam or sparse_adam)"
+        )
+    return params

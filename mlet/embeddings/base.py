@@ -163,8 +163,12 @@ class FieldEmbedding(nn.Module, ABC):
 
     @property
     def train_parameters(self) -> int:
-        """Parameters trained (for MLET: the factors A and B)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        """Parameters trained (for MLET: the factors A and B), whole tables counted also where
+        this process holds only its shards of them (``embedding.backend=torchrec``)."""
+        tables = [m for m in self.modules() if hasattr(m, "full_numel")]
+        inside = {id(p) for t in tables for p in t.parameters()}
+        rest = sum(p.numel() for p in self.parameters() if p.requires_grad and id(p) not in inside)
+        return rest + sum(t.full_numel for t in tables)
 
     @property
     def inference_parameters(self) -> int:
@@ -211,7 +215,11 @@ class FieldEmbedding(nn.Module, ABC):
 
 
 def _state_bytes(module: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in module.state_dict().values() if torch.is_tensor(t))
+    # TorchRec tables (embedding.backend=torchrec) count whole, fp32, however they are sharded
+    tables = {f"{name}.": m for name, m in module.named_modules() if name and hasattr(m, "full_numel")}
+    whole = sum(m.full_numel * 4 for m in tables.values())
+    return whole + sum(t.numel() * t.element_size() for key, t in module.state_dict().items()
+                       if torch.is_tensor(t) and not any(key.startswith(prefix) for prefix in tables))
 
 
 def embedding_class(target: str | None) -> type[FieldEmbedding] | None:

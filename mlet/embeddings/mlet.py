@@ -40,6 +40,7 @@ from typing import Any
 from mlet.embeddings.base import FieldEmbedding, check_dim, check_eval_mode, is_int
 from mlet.embeddings.init import balance_, check_table_init, init_table_
 from mlet.embeddings.single import SingleLayerEmbedding
+from mlet.embeddings.torchrec import TorchRecTables, backend_problem, collapse_parts, config_backend_problem
 
 INITS = ("scaled", "authors", "balanced")
 # eval_mode=auto gathers instead of collapsing when the collapsed table would hold more entries
@@ -76,8 +77,13 @@ class MLETEmbedding(FieldEmbedding):
             look up rows of ``A`` and multiply them by ``B`` (the same numbers up to float
             rounding, no ``n x d`` table). ``auto``: ``gather`` when the table would exceed
             ``AUTO_GATHER_ENTRIES`` entries, else ``collapse``. Export always collapses (``collapse()``).
+            Under ``backend=torchrec`` evaluation always gathers (through the sharded lookup).
         budget: ignored (the reduction types' byte budget); accepted so that one sweep over budgets
             includes MLET at the reference d, run once.
+        backend: ``native`` (``A`` one ``nn.Embedding``) or ``torchrec`` (``A_f`` one TorchRec table
+            per field, sharded across processes by ``mlet.torchrec_strategy``; ``B`` stays dense).
+            ``A`` and ``B`` are drawn the same way for both.
+        sharding: with ``torchrec``, how the planner may shard every ``A_f`` (``auto``: its choice).
     """
 
     kind = "mlet"
@@ -98,9 +104,12 @@ class MLETEmbedding(FieldEmbedding):
         table_init: str = "normal",
         init_std: float | None = 1e-4,
         budget: float | None = None,
+        backend: str = "native",
+        sharding: str = "auto",
     ) -> None:
         super().__init__(cardinalities, dim)
         self.eval_mode = check_eval_mode(eval_mode)
+        self.backend, self.sharding = backend, sharding
         # Look every distinct row of a batch up once (True), or every lookup (False); None: on a CPU
         # only. The same numbers either way (see _forward_unique).
         self.dedup_lookups: bool | None = None
@@ -117,6 +126,11 @@ class MLETEmbedding(FieldEmbedding):
         self.projection = nn.Parameter(torch.randn(shape) * std, requires_grad=bool(train_projection))
         if init == "balanced":
             self._balance()
+        problem = backend_problem(backend, sharding, "embedding.inner_dim", self.inner_dim)
+        if problem:
+            raise ValueError(problem)
+        if backend == "torchrec":
+            self.inner = TorchRecTables(self.cardinalities, self.inner.weight.data, sharding)
 
     def _balance(self) -> None:
         if self.share_projection:
@@ -128,6 +142,8 @@ class MLETEmbedding(FieldEmbedding):
     @classmethod
     def config_problem(cls, cfg: Mapping[str, Any]) -> str | None:
         dim, k = cfg.get("dim"), cfg.get("inner_dim")
+        if config_backend_problem(cfg, "inner_dim"):
+            return config_backend_problem(cfg, "inner_dim")
         if not (is_int(dim) and is_int(k)):  # not numbers yet: the constructor's checks name them
             return None
         if k < dim:
@@ -142,6 +158,11 @@ class MLETEmbedding(FieldEmbedding):
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         rows = self.rows(indices)  # [B, F]
+        if self.backend == "torchrec":
+            a = self.inner(indices)  # [B, F, k], looked up in the (sharded) tables
+            if self.share_projection:
+                return a @ self.projection
+            return torch.bmm(a.transpose(0, 1), self.projection).transpose(0, 1).contiguous()
         dedup = self.dedup_lookups if self.dedup_lookups is not None else rows.device.type == "cpu"
         if dedup:
             return self._forward_unique(rows)
@@ -177,6 +198,8 @@ class MLETEmbedding(FieldEmbedding):
         return self.projection if self.share_projection else self.projection[field]
 
     def collapsed_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.backend == "torchrec":
+            return collapse_parts(self.inner, self.field_projection, self.dim, rows).to(self.offsets.device)
         a = self.inner.weight[rows]  # [R, k]
         if self.share_projection:
             return a @ self.projection
@@ -184,7 +207,11 @@ class MLETEmbedding(FieldEmbedding):
 
     @torch.no_grad()
     def collapsed_weight(self) -> torch.Tensor:
-        """The concatenated ``sum_f n_f x d`` table ``[A_1 B_1; ...; A_F B_F]``."""
+        """The concatenated ``sum_f n_f x d`` table ``[A_1 B_1; ...; A_F B_F]``. Under the TorchRec
+        backend every process collapses its own shards of ``A`` and the partial tables are summed
+        (a collective; :func:`mlet.embeddings.torchrec.collapse_parts`)."""
+        if self.backend == "torchrec":
+            return collapse_parts(self.inner, self.field_projection, self.dim).to(self.projection.device)
         if self.share_projection:
             return self.inner.weight @ self.projection
         parts = torch.split(self.inner.weight, self.cardinalities)
@@ -194,9 +221,13 @@ class MLETEmbedding(FieldEmbedding):
         return SingleLayerEmbedding.from_weight(self.cardinalities, self.collapsed_weight())
 
     def sparse_parameters(self) -> list[nn.Parameter]:
+        if self.backend == "torchrec":
+            return list(self.inner.parameters())
         return [self.inner.weight]
 
     def resolved_eval_mode(self) -> str:
+        if self.backend == "torchrec":
+            return "gather"
         if self.eval_mode != "auto":
             return self.eval_mode
         return "gather" if self.total_rows * self.dim > AUTO_GATHER_ENTRIES else "collapse"
@@ -224,6 +255,8 @@ class LowRankEmbedding(MLETEmbedding):
     @classmethod
     def config_problem(cls, cfg: Mapping[str, Any]) -> str | None:
         dim, k = cfg.get("dim"), cfg.get("inner_dim")
+        if config_backend_problem(cfg, "inner_dim"):
+            return config_backend_problem(cfg, "inner_dim")
         if is_int(dim) and is_int(k) and k >= dim:
             return (f"embedding=lowrank needs inner_dim < dim, got embedding.inner_dim={k}, embedding.dim={dim} "
                     "(inner_dim >= dim is MLET: embedding=mlet)")

@@ -9,6 +9,7 @@ from torch import nn
 
 from mlet.embeddings.base import FieldEmbedding, check_eval_mode
 from mlet.embeddings.init import check_table_init, init_table_
+from mlet.embeddings.torchrec import TorchRecTables, backend_problem, collapse_parts, config_backend_problem
 
 
 class SingleLayerEmbedding(FieldEmbedding):
@@ -27,6 +28,10 @@ class SingleLayerEmbedding(FieldEmbedding):
         table_init, init_std: how the table is drawn, ``normal`` with std ``init_std`` (default
             ``N(0, 1e-4^2)``, BARS/FuxiCTR) or ``uniform`` in ``+-sqrt(1/n_f)`` (DLRM's; then
             ``init_std`` is None); see :mod:`mlet.embeddings.init`.
+        backend: ``native`` (one ``nn.Embedding``) or ``torchrec`` (one TorchRec table per field,
+            sharded across processes by ``mlet.torchrec_strategy``; :mod:`mlet.embeddings.torchrec`).
+            The table is drawn the same way for both.
+        sharding: with ``torchrec``, how the planner may shard every table (``auto``: its choice).
     """
 
     kind = "single"
@@ -42,28 +47,54 @@ class SingleLayerEmbedding(FieldEmbedding):
         eval_mode: str = "auto",
         table_init: str = "normal",
         init_std: float | None = 1e-4,
+        backend: str = "native",
+        sharding: str = "auto",
     ) -> None:
         super().__init__(cardinalities, dim)
         check_eval_mode(eval_mode)
         check_table_init(table_init, init_std)
+        problem = backend_problem(backend, sharding, "embedding.dim", self.dim)
+        if problem:
+            raise ValueError(problem)
+        self.backend, self.sharding = backend, sharding
         self.table_init, self.init_std = table_init, init_std
         self.table = nn.Embedding(self.total_rows, self.dim, sparse=sparse)
         init_table_(self.table.weight, self.cardinalities, table_init, init_std)
+        if backend == "torchrec":
+            self.table = TorchRecTables(self.cardinalities, self.table.weight.data, sharding)
+
+    @classmethod
+    def config_problem(cls, cfg) -> str | None:
+        return config_backend_problem(cfg, "dim")  # FBGEMM's dim % 4 under embedding.backend=torchrec
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.table(self.rows(indices))
+        rows = self.rows(indices)
+        return self.table(indices) if self.backend == "torchrec" else self.table(rows)
 
     def collapsed_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.backend == "torchrec":
+            return collapse_parts(self.table, lambda f: None, self.dim, rows).to(self.offsets.device)
         return self.table.weight[rows]
 
     def collapse(self) -> "SingleLayerEmbedding":
+        """Itself; under the TorchRec backend a native copy of the whole table (every process
+        contributes its shards, a collective)."""
+        if self.backend == "torchrec":
+            return SingleLayerEmbedding.from_weight(self.cardinalities, collapse_parts(self.table, lambda f: None, self.dim))
         return self
+
+    def for_evaluation(self) -> FieldEmbedding:
+        return self if self.backend == "torchrec" else self.collapse()  # sharded lookups, no gathered table
 
     def field_table(self, field: int) -> torch.Tensor:
         start = int(self.offsets[field])
+        if self.backend == "torchrec":
+            return self.collapsed_rows(torch.arange(start, start + self.cardinalities[field]))
         return self.table.weight[start : start + self.cardinalities[field]]
 
     def sparse_parameters(self) -> list[nn.Parameter]:
+        if self.backend == "torchrec":
+            return list(self.table.parameters())
         return [self.table.weight]
 
     @classmethod

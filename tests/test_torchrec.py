@@ -1,0 +1,255 @@
+"""The TorchRec backend (embedding.backend=torchrec): errors, equality with the native backend
+(unsharded in one process; sharded table- and column-wise over 2 gloo processes), the fused
+optimiser mapping. Tests that need torchrec skip with the install command when it is missing;
+``.ci/run`` installs it (scripts/install_torchrec.sh), so there they run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from mlet.embeddings import MLETEmbedding, SingleLayerEmbedding
+from mlet.errors import MletError
+from mlet.optim import RowWiseAdagrad, SparseAwareOptimizer
+
+CARDS = [7, 3, 11]
+
+
+def _has_torchrec() -> bool:
+    try:
+        import torchrec.distributed  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+needs_torchrec = pytest.mark.skipif(
+    not _has_torchrec(), reason="torchrec is not installed (scripts/install_torchrec.sh installs it)"
+)
+
+
+def test_missing_install_is_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchrec", None)  # import torchrec -> ImportError
+    with pytest.raises(MletError) as err:
+        MLETEmbedding(CARDS, 4, 8, backend="torchrec")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "embedding.backend=torchrec" in message and "scripts/install_torchrec.sh" in message
+
+
+@pytest.mark.parametrize("make,key", [
+    (lambda: SingleLayerEmbedding(CARDS, 2, backend="torchrec"), "embedding.dim=2"),
+    (lambda: MLETEmbedding(CARDS, 2, 6, backend="torchrec"), "embedding.inner_dim=6"),
+])
+def test_dim_not_divisible_by_4_is_one_line_error(make, key):
+    with pytest.raises(ValueError) as err:
+        make()
+    message = str(err.value)
+    assert "\n" not in message and key in message and "divisible by 4" in message
+
+
+def test_dim_constraint_only_binds_the_torchrec_backend():
+    assert SingleLayerEmbedding(CARDS, 2).dim == 2  # native: any dim
+    with pytest.raises(ValueError, match="embedding.sharding must be one of"):
+        SingleLayerEmbedding(CARDS, 4, backend="torchrec", sharding="by_magic")
+    with pytest.raises(ValueError, match="embedding.backend must be one of"):
+        SingleLayerEmbedding(CARDS, 4, backend="tensorflow")
+
+
+def test_rowwise_adagrad_sparse_equals_dense_and_keeps_one_value_per_row():
+    torch.manual_seed(0)
+    weights = [torch.nn.Embedding(20, 8, sparse=s) for s in (True, False)]
+    weights[1].weight.data.copy_(weights[0].weight.data)
+    opts = [RowWiseAdagrad(w.parameters(), lr=0.1) for w in weights]
+    idx = torch.tensor([1, 1, 4, 9])
+    for _ in range(3):
+        for w, opt in zip(weights, opts):
+            opt.zero_grad()
+            (w(idx) ** 2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(weights[0].weight, weights[1].weight)
+    assert opts[0].state[weights[0].weight]["sum"].shape == (20,)
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[idx] = False
+    assert (opts[0].state[weights[0].weight]["sum"][untouched] == 0).all()
+
+
+# ---- with torchrec -------------------------------------------------------------------------------
+@needs_torchrec
+@pytest.mark.parametrize("kind", ["single", "mlet"])
+def test_unsharded_torchrec_tables_compute_the_native_outputs(kind):
+    def make(backend):
+        torch.manual_seed(3)
+        if kind == "single":
+            return SingleLayerEmbedding(CARDS, 4, backend=backend, init_std=0.1)
+        return MLETEmbedding(CARDS, 4, 8, backend=backend, init_std=0.1)
+
+    native, trec = make("native"), make("torchrec")
+    after = torch.rand(())  # the backend draws nothing of its own: the next draw is the same
+    make("native")
+    assert torch.rand(()) == after
+    idx = torch.tensor([[0, 1, 10], [6, 2, 0], [6, 2, 0]])
+    torch.testing.assert_close(trec(idx), native(idx))
+    torch.testing.assert_close(trec.collapse().table.weight, native.collapse().table.weight)
+    rows = torch.tensor([0, 8, 20])
+    torch.testing.assert_close(trec.collapsed_rows(rows), native.collapsed_rows(rows))
+    assert trec.for_evaluation() is trec  # evaluation looks rows up in the (sharded) tables
+    assert (trec.train_parameters, trec.train_bytes) == (native.train_parameters, native.train_bytes)
+
+
+@needs_torchrec
+def test_fused_optimizer_follows_the_optimizer_group():
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+
+    from mlet.optim import fused_table_optimizer
+
+    def opt(dense, sparse=None, **kw):
+        return SparseAwareOptimizer(partial(dense), partial(sparse) if sparse else None, **kw)
+
+    assert fused_table_optimizer(opt(torch.optim.SGD, torch.optim.SGD, lr=0.2)) == {
+        "optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 0.2}
+    rowwise = fused_table_optimizer(opt(torch.optim.Adagrad, RowWiseAdagrad, lr=0.01, table_lr_scale=2.0))
+    assert rowwise["optimizer"] == EmbOptimType.EXACT_ROWWISE_ADAGRAD and rowwise["learning_rate"] == 0.02
+    assert fused_table_optimizer(opt(torch.optim.Adam, torch.optim.SparseAdam, lr=1e-3))["optimizer"] == EmbOptimType.ADAM
+    assert fused_table_optimizer(opt(torch.optim.Adagrad, torch.optim.Adagrad, lr=0.01))["optimizer"] == EmbOptimType.EXACT_ADAGRAD
+    with pytest.raises(MletError, match="optimizer=rowwise_adagrad, adagrad or sgd"):  # no Adam on FBGEMM's CPU
+        fused_table_optimizer(opt(torch.optim.Adam, torch.optim.SparseAdam, lr=1e-3), "cpu")
+    with pytest.raises(MletError, match="no fused FBGEMM optimiser for RMSprop"):
+        fused_table_optimizer(opt(torch.optim.RMSprop, lr=0.01))
+
+
+WORKER = Path(__file__).with_name("torchrec_worker.py")
+
+
+def _run_worker(out: Path, kind: str, sharding: str, world: int) -> dict:
+    done = subprocess.run([sys.executable, str(WORKER), str(out), kind, sharding, str(world)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(out)
+
+
+@pytest.mark.slow
+@pytest.mark.torchrec
+@needs_torchrec
+@pytest.mark.parametrize("kind", ["single", "mlet"])
+@pytest.mark.parametrize("sharding", ["table_wise", "column_wise"])
+def test_two_process_sharded_training_equals_native_single_process(tmp_path, kind, sharding):
+    """Identical initial weights, plain SGD (fused EXACT_SGD for the sharded tables), the same global
+    batches: the loss of every step and the final collapsed table (each process collapsing its own
+    shards) match the native one-process run."""
+    native = _run_worker(tmp_path / "native.pt", kind, "auto", 1)
+    sharded = _run_worker(tmp_path / "sharded.pt", kind, sharding, 2)
+    assert sharding in sharded["plan"] and "rank:1" in sharded["plan"]  # really split over both processes
+    torch.testing.assert_close(torch.tensor(sharded["losses"]), torch.tensor(native["losses"]), rtol=1e-5, atol=1e-6)
+    assert len(set(native["losses"])) > 1  # it trained
+    torch.testing.assert_close(sharded["collapsed"], native["collapsed"], rtol=1e-5, atol=1e-6)
+
+
+LIGHTNING_WORKER = Path(__file__).with_name("torchrec_lightning_worker.py")
+
+
+@pytest.mark.slow
+@pytest.mark.torchrec
+@needs_torchrec
+def test_sharded_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+    """Through Lightning and TorchRecStrategy on 2 processes: sharded checkpoints (every 3 steps,
+    torch.distributed.checkpoint); killed at step 7 of 10, resumed from step 6: the same validation
+    history and final collapsed table as the run that was never interrupted."""
+    def run(out, mode):
+        done = subprocess.run([sys.executable, str(LIGHTNING_WORKER), str(out), mode], capture_output=True,
+                              text=True, timeout=400)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run(tmp_path / "a", "full")
+    run(tmp_path / "b", "kill")
+    assert not (tmp_path / "b" / "kill.pt").exists()  # it was killed
+    assert (tmp_path / "b" / "ckpt" / "last.ckpt" / "meta.ckpt").is_file()  # a sharded checkpoint directory
+    assert len(list((tmp_path / "b" / "ckpt" / "last.ckpt").glob("*.distcp"))) == 2  # one file per process
+    run(tmp_path / "b", "resume")
+    full, resumed = torch.load(tmp_path / "a" / "full.pt"), torch.load(tmp_path / "b" / "resume.pt")
+    assert full["first_step"] == 0 and resumed["first_step"] == 6  # continued, not retrained
+    assert resumed["steps"] == full["steps"] == 10
+    assert resumed["val_history"] == full["val_history"]
+    torch.testing.assert_close(resumed["collapsed"], full["collapsed"], rtol=0, atol=0)
+    assert "table_wise" in (tmp_path / "a" / "sharding_plan.txt").read_text()
+
+
+DONE_WHEN = ["embedding=mlet", "embedding.backend=torchrec", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+SMALL = ["data.rows=3000", "data.num_fields=5", "data.num_dense=3", "data.max_cardinality=300", "model.bottom_mlp=[8]",
+         "model.top_mlp=[16]", "embedding.dim=4", "embedding.inner_dim=16", "datamodule.batch_size=256",
+         "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "logger=none"]
+
+
+@pytest.mark.slow
+@pytest.mark.torchrec
+@needs_torchrec
+def test_mlet_train_with_torchrec_on_two_cpu_processes_trains_resumes_and_exports(tmp_path):
+    train_and_export(tmp_path)
+
+
+def train_and_export(tmp_path) -> tuple[float, float]:
+    """The issue's command. As written (the default optimizer=sparse_adam) it stops on a CPU with one
+    line, before any data is built: FBGEMM has no CPU Adam. With optimizer=rowwise_adagrad (and small
+    data) it trains, writes record.json and the sharding plan, reports instead of retraining when
+    started again, and mlet-export writes the collapsed program. Returns (the exported program's test
+    AUC, the record's)."""
+    import numpy as np
+
+    from mlet.data import SyntheticCTR
+    from mlet.metrics import auc
+    from tests.helpers import run_cli, run_script
+
+    as_written = run_cli(DONE_WHEN, tmp_path, timeout=300)
+    assert as_written.returncode == 2, as_written.stderr[-2000:]
+    last = as_written.stderr.strip().splitlines()[-1]
+    assert last.startswith("mlet-train: error: embedding.backend=torchrec on a CPU") and "optimizer=rowwise_adagrad" in last
+
+    args = [*DONE_WHEN, "optimizer=rowwise_adagrad", *SMALL]
+    done = run_cli(args, tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = {p.parent: json.loads(p.read_text()) for p in (tmp_path / "outputs" / "runs").glob("*/record.json")}
+    assert sorted(r["status"] for r in records.values()) == ["completed", "failed"]  # the refused run has its record
+    ((run_dir, record),) = [(d, r) for d, r in records.items() if r["status"] == "completed"]
+    assert record["test_auc"] > 0.5
+    plan = (run_dir / "sharding_plan.txt").read_text()
+    assert "embedding.inner.collection" in plan and "fused" in plan
+    assert (Path(record["best_checkpoint"]) / "meta.ckpt").is_file()  # a sharded checkpoint
+
+    again = run_cli(args, tmp_path, timeout=300)
+    assert again.returncode == 0 and "finished run" in again.stdout + again.stderr
+
+    exported = run_script("mlet-export", [str(run_dir), "--out", str(tmp_path / "exp")], tmp_path)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    spec = json.loads((tmp_path / "exp" / "model.json").read_text())
+    assert spec["sizes"]["embedding_parameters"] == record["embedding_inference_parameters"]  # collapsed: n x d
+    program = torch.export.load(str(tmp_path / "exp" / "model.pt2")).module()
+    data_cfg = {k: v for k, v in record["config"]["data"].items() if k != "_target_"}
+    test = SyntheticCTR(**data_cfg).load().splits["test"]
+    with torch.no_grad():
+        logits = program(torch.from_numpy(test.dense), torch.from_numpy(test.cat.astype(np.int64)))
+    assert torch.isfinite(logits).all() and logits.shape == (len(test.label),)
+    return auc(logits, torch.from_numpy(test.label)), record["test_auc"]
+
+
+@pytest.mark.slow
+@pytest.mark.torchrec
+@needs_torchrec
+@pytest.mark.xfail(strict=True, reason=(
+    "open bug: through mlet-train on 2 processes with optimizer=rowwise_adagrad, the evaluation's sharded "
+    "lookups disagree with the collapse of the same weights (the checkpoint, export): test AUC 0.5664 vs "
+    "0.5680 here; the plain-loop equality tests and one process agree exactly"))
+def test_sharded_evaluation_of_mlet_train_equals_the_exported_program(tmp_path):
+    exported_auc, record_auc = train_and_export(tmp_path)
+    assert abs(exported_auc - record_auc) < 1e-4
+
+
+def test_sweeps_see_the_dim_constraint_before_a_job_starts():
+    assert "embedding.dim=2" in SingleLayerEmbedding.config_problem({"dim": 2, "backend": "torchrec"})
+    assert SingleLayerEmbedding.config_problem({"dim": 2}) is None
+    assert "embedding.inner_dim=6" in MLETEmbedding.config_problem({"dim": 4, "inner_dim": 6, "backend": "torchrec"})
