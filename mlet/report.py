@@ -244,8 +244,13 @@ def tune_runs(runs: pd.DataFrame, keys: str | Sequence[str], by: Sequence[str] =
     ccols = [*arm, *keys, "val_auc_mean", "seeds", "edge"]
     if scored.empty:
         return runs.iloc[0:0], pd.DataFrame(columns=gcols), pd.DataFrame(columns=ccols)
+    # a tuned key may hold None beside numbers (embedding.init_std under table_init=uniform): compare as
+    # objects throughout, or a filtered frame (all numbers: float64) would not merge with the grid's
+    as_object = {k: object for k in keys}
+    runs, scored = runs.astype(as_object), scored.astype(as_object)
     grid = scored.groupby([*arm, *keys], dropna=False).agg(val_auc_mean=("val_auc", "mean"),
                                                           seeds=("seed", "nunique")).reset_index()
+    grid = grid.astype(as_object)
     best = grid.loc[grid.groupby(arm, dropna=False)["val_auc_mean"].idxmax()]
     grid = grid.merge(best[[*arm, *keys]].assign(chosen=True), on=[*arm, *keys], how="left")
     grid["chosen"] = grid["chosen"].eq(True)
