@@ -571,3 +571,15 @@ def test_controls_hold_untuned_keys_at_the_default_configs_values_or_say_they_we
     assert controls.loc["optimizer.lr + embedding.init_std", "gain"] == pytest.approx(0.02)
     with pytest.raises(report.MletError, match="no.such: not a key of mlet-train's default config"):
         report.untuned_settings(["no.such"])
+
+
+def test_only_early_stopping_among_the_default_callbacks_defines_an_experiment():
+    """Checkpoint callbacks hold the run's own folder (callbacks.*.dirpath): were one of them an
+    experiment key, every run would be an arm of its own and no seeds would ever be averaged."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    callbacks = OmegaConf.load(str(files("mlet.conf") / "callbacks" / "default.yaml"))
+    defining = {name for name in callbacks if not report._ignored(f"callbacks.{name}.x", report.NOT_EXPERIMENT)}
+    assert defining == {"early_stopping"}
