@@ -920,7 +920,7 @@ def controls_section(rep: Report) -> Section | None:
 
 
 def _signed(value) -> str:
-    return "-" if _missing(value) else f"{value:+.4f}"
+    return "-" if _missing(value) else f"{round(value, 4) + 0.0:+.4f}"  # + 0.0: no "-0.0000"
 
 
 def auc_section(rep: Report) -> Section:
