@@ -116,7 +116,7 @@ def test_user_errors_are_one_line_and_bugs_are_not():
 
 @pytest.mark.parametrize("override,needle", [
     ("model=foo", "model=foo: no such option; model is one of: autoint, autoint_plus, dcn, dcnv2, deepfm, dlrm"),
-    ("embedding.dimm=3", "embedding.dimm: no such key; embedding has: budget, dim, eval_mode, init, init_std, inner_dim, share_projection"),
+    ("embedding.dimm=3", "embedding.dimm: no such key; embedding has: backend, budget, dim, eval_mode, init, init_std, inner_dim, sharding, share_projection"),
     ("+sweep=nosuch", "sweep=nosuch: no such option; sweep is one of: compress, dims, inner, lr, quick"),
     ("model.top_mlp=[16", "model.top_mlp=[16: "),
 ])
