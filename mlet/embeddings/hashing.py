@@ -109,9 +109,7 @@ class HashEmbedding(FieldEmbedding):
         budget: float | None = None,
     ) -> None:
         super().__init__(cardinalities, dim)
-        problem = self.config_problem({"dim": dim, "buckets": buckets, "budget": budget})
-        if problem:
-            raise ValueError(problem)
+        self.check_config({"dim": dim, "buckets": buckets, "budget": budget})
         self.budget = budget
         if budget is not None:
             buckets = budget_buckets(self.cardinalities, self.dim, budget)
@@ -193,9 +191,7 @@ class HashMLETEmbedding(FieldEmbedding):
         budget: float | None = None,
     ) -> None:
         super().__init__(cardinalities, dim)
-        problem = self.config_problem({"dim": dim, "buckets": buckets, "inner_dim": inner_dim, "budget": budget})
-        if problem:
-            raise ValueError(problem)
+        self.check_config({"dim": dim, "buckets": buckets, "inner_dim": inner_dim, "budget": budget})
         self.budget = budget
         if budget is not None:
             buckets = budget_buckets(self.cardinalities, self.dim, budget)

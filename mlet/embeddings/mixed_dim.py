@@ -86,9 +86,7 @@ class MixedDimEmbedding(FieldEmbedding):
         **mlet: Any,
     ) -> None:
         super().__init__(cardinalities, dim)
-        problem = self.config_problem({"dim": dim, "alpha": alpha, "budget": budget, **mlet})
-        if problem:
-            raise ValueError(problem)
+        self.check_config({"dim": dim, "alpha": alpha, "budget": budget, **mlet})
         self.budget = budget
         if budget is not None:
             alpha = budget_alpha(self.cardinalities, self.dim, budget)

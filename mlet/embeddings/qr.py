@@ -93,10 +93,8 @@ class QREmbedding(PlainOrReduced):
         init_std: float | None = 1e-4,
         budget: float | None = None,
     ) -> None:
-        problem = self.config_problem({"dim": dim, "remainder_rows": remainder_rows, "operation": operation,
+        self.check_config({"dim": dim, "remainder_rows": remainder_rows, "operation": operation,
                                        "budget": budget})
-        if problem:
-            raise ValueError(problem)
         if budget is not None:
             cards, width = [int(n) for n in cardinalities], dim // 2 if operation == "concat" else dim
             remainder_rows = choose(geometric(max(cards)), lambda c: 4 * sum(

@@ -107,10 +107,8 @@ class TTEmbedding(PlainOrReduced):
         budget: float | None = None,
     ) -> None:
         factors = list(tt_dim_factors) if tt_dim_factors is not None else None
-        problem = self.config_problem({"dim": dim, "tt_rank": tt_rank, "tt_cores": tt_cores,
+        self.check_config({"dim": dim, "tt_rank": tt_rank, "tt_cores": tt_cores,
                                        "tt_dim_factors": factors, "budget": budget})
-        if problem:
-            raise ValueError(problem)
         check_eval_mode(eval_mode)
         check_table_init(table_init, init_std)
         dims = factors or dim_factors(int(dim), int(tt_cores))
