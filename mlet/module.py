@@ -183,18 +183,22 @@ class CTRModule(pl.LightningModule):
 
     def configure_optimizers(self):
         # Under the TorchRec backend (mlet.torchrec_strategy) the sharded tables' optimiser is FBGEMM's,
-        # fused into backward: they are left out here; replicated (data_parallel) tables are dense ones.
-        fused = getattr(self, "fused_parameter_ids", set())
-        trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in fused]
+        # fused into backward: they are left out here; replicated (data_parallel) tables are dense ones;
+        # sharded tables on TorchRec's dense kernel (Adam on a CPU) take the table optimiser.
+        sharded = getattr(self, "sharded_table_parameter_ids", set())
+        trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in sharded]
         factory = self.optimizer_factory
         if not hasattr(factory, "build"):
             optimizer = factory(trainable)
         else:
             torchrec = getattr(self.embedding, "backend", "native") == "torchrec"
-            sparse_ids = set() if torchrec else {id(p) for p in self.net.sparse_parameters()}  # the tables
-            optimizer = factory.build(
-                [p for p in trainable if id(p) not in sparse_ids], [p for p in trainable if id(p) in sparse_ids]
-            )
+            if torchrec:  # the tables of TorchRec's dense kernel (no fused one here), with dense gradients
+                dense, tables = trainable, getattr(self, "dense_kernel_tables", [])
+            else:
+                sparse_ids = {id(p) for p in self.net.sparse_parameters()}  # the tables
+                dense = [p for p in trainable if id(p) not in sparse_ids]
+                tables = [p for p in trainable if id(p) in sparse_ids]
+            optimizer = factory.build(dense, tables, sparsify=torchrec)
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)

@@ -176,9 +176,12 @@ class SparseAwareOptimizer:
             group["lr"] = base * self.table_lr_scale
         return group
 
-    def build(self, dense_params: Iterable[nn.Parameter], sparse_params: Iterable[nn.Parameter] = ()) -> Optimizer:
+    def build(self, dense_params: Iterable[nn.Parameter], sparse_params: Iterable[nn.Parameter] = (),
+              sparsify: bool = False) -> Optimizer:
         """The optimiser for ``dense_params`` and the embedding tables ``sparse_params`` (row-sparse
-        gradients when there is a ``sparse`` factory, else dense like the rest)."""
+        gradients when there is a ``sparse`` factory, else dense like the rest). ``sparsify``: the
+        tables' gradients arrive dense (TorchRec's dense kernel) and the ``sparse`` optimiser gets
+        their non-zero entries (:func:`sparse_row_gradients`)."""
         dense_params, tables = list(dense_params), list(sparse_params)
         if not tables:
             return self.dense(dense_params, **self._kwargs(self.dense))
@@ -187,9 +190,13 @@ class SparseAwareOptimizer:
             groups = ([{"params": dense_params}] if dense_params else []) + [self._table_group(self.dense, tables)]
             return self.dense(groups, **self._kwargs(self.dense))
         table_opt = self.sparse([self._table_group(self.sparse, tables)], **self._kwargs(self.sparse))
-        if not dense_params:
+        if sparsify:
+            table_opt.register_step_pre_hook(sparse_row_gradients)
+            table_opt.register_step_post_hook(_drop_sparse_gradients)
+        if not dense_params and not sparsify:
             return table_opt
-        return CombinedOptimizer([self.dense(dense_params, **self._kwargs(self.dense)), table_opt])
+        # a CombinedOptimizer runs the closure (backward) before any step, so the hook sees the gradients
+        return CombinedOptimizer(([self.dense(dense_params, **self._kwargs(self.dense))] if dense_params else []) + [table_opt])
 
     def __call__(self, params: Iterable[nn.Parameter]) -> Optimizer:
         """All ``params`` dense (the plain ``_partial_`` optimiser interface)."""
@@ -202,6 +209,27 @@ class SparseAwareOptimizer:
 
 
 @torch.no_grad()
+def sparse_row_gradients(optimizer: Optimizer, *_: Any) -> None:
+    """Step pre-hook: every dense gradient of ``optimizer``'s parameters becomes the sparse tensor
+    of its non-zero entries. TorchRec's dense kernel (the CPU TorchRec backend's tables under the
+    Adam family, which FBGEMM's CPU kernels cannot fuse) gives a table's whole gradient; the rows a
+    batch did not touch are exactly zero in it, so ``SparseAdam`` then updates only the touched rows,
+    as it does on the native backend (an entry whose gradient is exactly zero is skipped too)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and not p.grad.is_sparse:
+                p.grad = p.grad.to_sparse()
+
+
+def _drop_sparse_gradients(optimizer: Optimizer, *_: Any) -> None:
+    """Step post-hook after :func:`sparse_row_gradients`: the consumed sparse gradients go (TorchRec's
+    per-table views of the weights cannot read a sparse gradient; the next backward starts afresh)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = None
+
+
 def clip_gradients_(params: Iterable[nn.Parameter], clip_val: float, algorithm: str = "norm") -> torch.Tensor | None:
     """Clip the gradients of ``params`` in place, sparse (row-sparse tables) and dense alike.
 
@@ -279,7 +307,7 @@ def _factory_func(factory: OptimizerFactory | None):
     return factory.func if isinstance(factory, functools.partial) else factory
 
 
-def fused_table_optimizer(optimizer: Any, device_type: str = "cuda") -> dict[str, Any]:
+def fused_table_optimizer(optimizer: Any, device_type: str = "cuda") -> dict[str, Any] | None:
     """FBGEMM's ``fused_params`` for the tables' optimiser (TorchRec backend), from what
     ``conf/optimizer`` built: the table optimiser (``sparse``, else ``dense``) becomes its fused
     FBGEMM counterpart, with the tables' learning rate (``lr * table_lr_scale``).
@@ -290,8 +318,9 @@ def fused_table_optimizer(optimizer: Any, device_type: str = "cuda") -> dict[str
     ``optimizer=adam`` the tables' update thus differs from native dense Adam's). Anything else is
     a one-line error naming the key.
 
-    FBGEMM's CPU kernels have no Adam (and TorchRec shards tables only with the fused kernel), so
-    on ``device_type="cpu"`` the Adam family is a one-line error naming the CPU choices.
+    FBGEMM's CPU kernels have no Adam: on ``device_type="cpu"`` the Adam family returns None, and
+    the strategy shards those tables with TorchRec's dense kernel instead, their optimiser the
+    ``optimizer=`` group's own, run in torch (:func:`sparse_row_gradients`).
     """
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
 
@@ -316,10 +345,7 @@ def fused_table_optimizer(optimizer: Any, device_type: str = "cuda") -> dict[str
         params.update(optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, eps=float(given.get("eps", 1e-8)))
     elif func in (torch.optim.SparseAdam, torch.optim.Adam):
         if device_type == "cpu":
-            raise MletError(
-                f"embedding.backend=torchrec on a CPU: FBGEMM has no fused {_name(factory)} for CPU tables "
-                "(Adam runs on GPUs); use optimizer=rowwise_adagrad, adagrad or sgd"
-            )
+            return None
         beta1, beta2 = given.get("betas", (0.9, 0.999))
         params.update(optimizer=EmbOptimType.ADAM, eps=float(given.get("eps", 1e-8)), beta1=float(beta1),
                       beta2=float(beta2))

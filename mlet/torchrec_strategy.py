@@ -14,7 +14,10 @@ backend and keep two loops equal. The difference to DDP is small and local, so
   sharded form in place, and wraps everything else (MLET's ``B_f``, the model) in DDP. The sharded
   tables start from exactly the weights the embedding drew (copied into each process's shards);
 * the table optimiser: FBGEMM's, fused into backward (``fused_params`` from the ``optimizer=`` group,
-  :func:`mlet.optim.fused_table_optimizer`); Lightning's optimiser gets only the dense parameters;
+  :func:`mlet.optim.fused_table_optimizer`); Lightning's optimiser gets only the dense parameters.
+  Where FBGEMM has no fused kernel for it (Adam on a CPU) the planner's placement is kept with
+  TorchRec's dense kernel, and the group's own table optimiser steps the shards
+  (:func:`table_parameters`);
 * checkpoints: a directory written with ``torch.distributed.checkpoint`` by every process (its own
   shards of the tables and of the fused optimiser state) plus ``meta.ckpt`` (rank 0: the dense
   weights and optimiser, loops, callbacks), loaded back after sharding, so resume works on the same
@@ -59,8 +62,9 @@ def _constraints(tables: dict[str, TorchRecTables], device_type: str, world: int
 
     from mlet.embeddings.torchrec import BackendError
 
-    # table_column_wise is left out of auto: with it (2 CPU processes, torchrec 1.8.0) the sharded
-    # lookup and the tables' state_dict disagreed (evaluation != collapse of the saved weights)
+    # table_column_wise is left out of auto: with it (2 CPU processes, torchrec 1.8.0) evaluation and
+    # the collapse of the saved weights disagreed, before the output-order fix of TorchRecTables.forward
+    # (probably that bug; not measured again)
     sharded = [ShardingType.TABLE_WISE.value, ShardingType.COLUMN_WISE.value]
     if device_type == "cuda":
         sharded += [ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
@@ -98,17 +102,54 @@ def shard(module: nn.Module, optimizer: Any, device: torch.device) -> Any:
     tables = torchrec_tables(module)
     initial = {name: {key: t.collection.embedding_bags[key].weight.detach().cpu().clone() for key in t.keys}
                for name, t in tables.items()}
-    sharder = EmbeddingBagCollectionSharder(fused_params=fused_table_optimizer(optimizer, device.type))
+    fused_params = fused_table_optimizer(optimizer, device.type)
+    sharder = EmbeddingBagCollectionSharder(fused_params=fused_params)
     world = dist.get_world_size()
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=world, compute_device=device.type, local_world_size=get_local_size(world)),
         constraints=_constraints(tables, device.type, world),
     )
     plan = planner.collective_plan(module, [sharder], dist.GroupMember.WORLD)
+    if fused_params is None:  # no fused kernel for this optimiser here: the planner's placement, dense kernel
+        sharder = _DenseKernelSharder()
+        for module_plan in plan.plan.values():
+            for sharding in module_plan.values():
+                if sharding.compute_kernel == "fused":
+                    sharding.compute_kernel = "dense"
     dmp = DistributedModelParallel(module, plan=plan, sharders=[sharder], device=device)
     for name, t in tables.items():  # the sharded tables start from the embedding's own weights
         load_full_tables(t, initial[name])
     return dmp
+
+
+def table_parameters(module: nn.Module, optimizer: Any, device_type: str) -> tuple[set[int], list[torch.Tensor]]:
+    """After :func:`shard`: (the ids of every parameter of a sharded, not data-parallel, table, which
+    the ordinary optimiser leaves out; the tensors the ``optimizer=`` group's table optimiser steps).
+
+    With a fused kernel FBGEMM's optimiser owns the sharded tables: no tensors. With the dense
+    kernel (no fused kernel for the table optimiser on this device) they are the kernel's weights,
+    which the parameters the module lists (TorchRec's per-table slices) are views of; their
+    gradients are dense (``SparseAwareOptimizer.build(..., sparsify=True)``)."""
+    sharded = [p for t in torchrec_tables(module).values() if t.sharding != "data_parallel" for p in t.parameters()]
+    if fused_table_optimizer(optimizer, device_type) is not None:
+        return {id(p) for p in sharded}, []
+    weights = {id(w): w for w in (getattr(p, "_original_tensor", p) for p in sharded)}
+    return {id(p) for p in sharded}, list(weights.values())
+
+
+def _DenseKernelSharder():
+    """TorchRec's ``EmbeddingBagCollectionSharder`` that also offers the dense kernel to sharded
+    (table-, column-wise) tables: torchrec 1.8.0 offers it to data-parallel tables only, though its
+    sharded lookups run it (``BatchedDenseEmbeddingBag``). For a table optimiser FBGEMM cannot fuse
+    on this device (Adam on a CPU)."""
+    from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+    class DenseKernelSharder(EmbeddingBagCollectionSharder):
+        def compute_kernels(self, sharding_type: str, compute_device_type: str) -> list[str]:
+            return [*super().compute_kernels(sharding_type, compute_device_type), EmbeddingComputeKernel.DENSE.value]
+
+    return DenseKernelSharder()
 
 
 @torch.no_grad()
@@ -156,9 +197,8 @@ class TorchRecStrategy(DDPStrategy):
         if self._dmp is None:
             module = self.lightning_module
             self._dmp = shard(module, module.optimizer_factory, self.root_device)
-            # every parameter of a sharded (not data_parallel) table: FBGEMM's fused optimiser owns it
-            module.fused_parameter_ids = {id(p) for t in torchrec_tables(module).values()
-                                          if t.sharding != "data_parallel" for p in t.parameters()}
+            module.sharded_table_parameter_ids, module.dense_kernel_tables = table_parameters(
+                module, module.optimizer_factory, self.root_device.type)
             plan = str(self._dmp.plan)
             log.info("TorchRec sharding plan:\n%s", plan)
             if self.plan_dir is not None and self.global_rank == 0:

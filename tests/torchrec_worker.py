@@ -2,7 +2,7 @@
 the TorchRec backend (``WORLD`` gloo processes on the CPU, tables sharded), for the equality tests.
 
 Usage: ``python tests/torchrec_worker.py OUT KIND SHARDING WORLD [OPTIMIZER]`` (KIND: single | mlet;
-WORLD 1: native, in this process; OPTIMIZER: sgd (default) | rowwise_adagrad). Writes ``OUT``
+WORLD 1: native, in this process; OPTIMIZER: sgd (default) | rowwise_adagrad | sparse_adam). Writes ``OUT``
 (torch.save): the loss of every step (the global batch's mean), the final collapsed table, and the collapsed table computed from sharded vs gathered weights.
 """
 
@@ -12,7 +12,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-CARDS = [37, 11, 5, 23]
+CARDS = [300, 11, 37, 5, 23]
 OPTIMIZER = "sgd"
 DIM, INNER, DENSE, BATCH, STEPS, LR = 4, 8, 3, 32, 6, 0.5
 
@@ -48,6 +48,8 @@ def sgd():
 
     if OPTIMIZER == "rowwise_adagrad":
         return SparseAwareOptimizer(partial(torch.optim.Adagrad), partial(RowWiseAdagrad), lr=0.05)
+    if OPTIMIZER == "sparse_adam":  # no fused CPU kernel: TorchRec's dense kernel, SparseAdam in torch
+        return SparseAwareOptimizer(partial(torch.optim.Adam), partial(torch.optim.SparseAdam), lr=0.05)
     return SparseAwareOptimizer(partial(torch.optim.SGD), partial(torch.optim.SGD), lr=LR)
 
 
@@ -72,7 +74,7 @@ def sharded(rank: int, world: int, out: str, kind: str, sharding: str, port: int
     OPTIMIZER = optimizer
     import torch.distributed as dist
 
-    from mlet.torchrec_strategy import shard
+    from mlet.torchrec_strategy import shard, table_parameters
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -80,8 +82,9 @@ def sharded(rank: int, world: int, out: str, kind: str, sharding: str, port: int
     net = build(kind, "torchrec", sharding)
     optimizer = sgd()
     dmp = shard(net, optimizer, torch.device("cpu"))
-    fused = {id(p) for p in dmp.fused_optimizer.params.values()}
-    opt = optimizer.build([p for p in net.parameters() if id(p) not in fused])
+    sharded_ids, dense_kernel_tables = table_parameters(net, optimizer, "cpu")
+    opt = optimizer.build([p for p in net.parameters() if id(p) not in sharded_ids], dense_kernel_tables,
+                          sparsify=True)
     losses = []
     per = BATCH // world
     for dense, cat, label in batches():

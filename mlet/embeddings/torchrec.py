@@ -127,8 +127,14 @@ class TorchRecTables(nn.Module):
             keys=self.keys, values=indices.t().reshape(-1).long(),  # field-major: KJT values are key by key
             lengths=torch.ones(batch * fields, dtype=torch.int32, device=indices.device),
         )
-        pooled = self.collection(kjt)  # KeyedTensor [B, F * width] in key order
-        return pooled.values().view(batch, fields, self.width)
+        pooled = self.collection(kjt)  # KeyedTensor [B, F * width]
+        values = pooled.values().view(batch, fields, self.width)
+        # in its own key order: a sharded collection orders its output by shard (table-wise: rank 0's
+        # tables first), not by field; field f must come back at position f
+        order = pooled.keys()
+        if order != self.keys:
+            values = values[:, [order.index(k) for k in self.keys]]
+        return values
 
     @property
     def full_numel(self) -> int:
