@@ -100,7 +100,9 @@ def shard(module: nn.Module, optimizer: Any, device: torch.device) -> Any:
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 
     tables = torchrec_tables(module)
-    initial = {name: {key: t.collection.embedding_bags[key].weight.detach().cpu().clone() for key in t.keys}
+    # the unsharded weights, kept (not copied) until each process has copied its blocks of them: DMP
+    # replaces the collections, it does not write into their weights
+    initial = {name: {key: t.collection.embedding_bags[key].weight.detach() for key in t.keys}
                for name, t in tables.items()}
     fused_params = fused_table_optimizer(optimizer, device.type)
     sharder = EmbeddingBagCollectionSharder(fused_params=fused_params)
