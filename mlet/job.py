@@ -94,7 +94,16 @@ def _backend_strategy(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     require_torchrec()
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    fused_table_optimizer(instantiate(cfg.optimizer), "cuda" if on_gpu else "cpu")  # refused before any process starts
+    # refused before any process starts: an optimiser FBGEMM has no kernel for; what cannot reach a fused one
+    if fused_table_optimizer(instantiate(cfg.optimizer), "cuda" if on_gpu else "cpu") is not None:
+        unreached = [f"lr_scheduler={_choices().get('lr_scheduler') or 'set'}"] if cfg.get("lr_scheduler") else []
+        if OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None):
+            unreached.append(f"trainer.gradient_clip_val={OmegaConf.select(cfg, 'trainer.gradient_clip_val')}")
+        if unreached:
+            raise MletError(
+                f"embedding.backend=torchrec: {' and '.join(unreached)} would not reach FBGEMM's fused table "
+                "optimiser (it updates the tables inside backward, at their own lr): leave them unset, or use a "
+                "table optimiser that is not fused (optimizer=sparse_adam or adam on a CPU)")
     return {"strategy": TorchRecStrategy(plan_dir=output_dir)}
 
 

@@ -65,6 +65,29 @@ def test_dim_constraint_only_binds_the_torchrec_backend():
         SingleLayerEmbedding(CARDS, 4, backend="tensorflow")
 
 
+@needs_torchrec
+@pytest.mark.parametrize("overrides,named", [
+    (["lr_scheduler=plateau"], "lr_scheduler=plateau"),
+    (["experiment=bars_recipe"], "lr_scheduler=plateau and trainer.gradient_clip_val=10.0"),
+    (["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0"),
+])
+def test_what_cannot_reach_a_fused_table_optimiser_is_refused_in_one_line(tmp_path, overrides, named):
+    """FBGEMM's fused optimiser updates the tables inside backward: a plateau scheduler or gradient
+    clipping would silently leave them out. Refused before any process starts; allowed where the table
+    optimiser is torch's (SparseAdam on TorchRec's dense kernel, on a CPU)."""
+    from mlet.job import _backend_strategy
+    from tests.helpers import compose_cfg
+
+    base = ["embedding=mlet", "embedding.backend=torchrec", "trainer=cpu", *overrides]
+    cfg = compose_cfg([*base, "optimizer=rowwise_adagrad"], tmp_path / "fused")
+    with pytest.raises(MletError) as err:
+        _backend_strategy(cfg, tmp_path / "fused")
+    message = str(err.value)
+    assert "\n" not in message and named in message and "fused table optimiser" in message
+    cfg = compose_cfg([*base, "optimizer=sparse_adam"], tmp_path / "dense")
+    assert "strategy" in _backend_strategy(cfg, tmp_path / "dense")
+
+
 def test_rowwise_adagrad_sparse_equals_dense_and_keeps_one_value_per_row():
     torch.manual_seed(0)
     weights = [torch.nn.Embedding(20, 8, sparse=s) for s in (True, False)]
