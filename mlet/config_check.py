@@ -107,7 +107,16 @@ def check_config(
     try:
         from mlet.module import CTRModule, init_model_  # noqa: PLC0415 - only needed here
 
-        embedding = instantiate(cfg.embedding)(cardinalities=[2, 3])
+        # a per-table sharding names fields of the real schema: its values are checked here, its
+        # field indices once the data's fields are known
+        toy = {}
+        if cfg.embedding.get("table_sharding") is not None:
+            from mlet.embeddings.torchrec import check_backend  # noqa: PLC0415
+
+            check_backend(cfg.embedding.get("backend", "native"), cfg.embedding.get("sharding", "auto"),
+                          cfg.embedding.table_sharding)
+            toy["table_sharding"] = None
+        embedding = instantiate(cfg.embedding)(cardinalities=[2, 3], **toy)
         model = instantiate(cfg.model)(num_fields=2, embed_dim=embedding.dim, num_dense=1)
         init_model_(model, cfg.get("model_init", "default"))
         CTRModule(embedding, model, embedding_l2=cfg.get("embedding_l2", 0.0))

@@ -94,16 +94,19 @@ def _backend_strategy(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     require_torchrec()
     accelerator = OmegaConf.select(cfg, "trainer.accelerator", default="auto")
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    # refused before any process starts: an optimiser FBGEMM has no kernel for; what cannot reach a fused one
-    if fused_table_optimizer(instantiate(cfg.optimizer), "cuda" if on_gpu else "cpu") is not None:
-        unreached = [f"lr_scheduler={_choices().get('lr_scheduler') or 'set'}"] if cfg.get("lr_scheduler") else []
-        if OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None):
-            unreached.append(f"trainer.gradient_clip_val={OmegaConf.select(cfg, 'trainer.gradient_clip_val')}")
-        if unreached:
-            raise MletError(
-                f"embedding.backend=torchrec: {' and '.join(unreached)} would not reach FBGEMM's fused table "
-                "optimiser (it updates the tables inside backward, at their own lr): leave them unset, or use a "
-                "table optimiser that is not fused (optimizer=sparse_adam or adam on a CPU)")
+    # refused before any process starts: an optimiser FBGEMM has no kernel for, and what would silently
+    # leave the sharded tables out: a scheduler with FBGEMM's fused optimiser (it updates the tables inside
+    # backward, at their own lr); gradient clipping (a fused update happens before it, and no process holds
+    # every table's gradient for the global norm)
+    fused = fused_table_optimizer(instantiate(cfg.optimizer), "cuda" if on_gpu else "cpu") is not None
+    unreached = [f"lr_scheduler={_choices().get('lr_scheduler') or 'set'}"] if fused and cfg.get("lr_scheduler") else []
+    if OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None):
+        unreached.append(f"trainer.gradient_clip_val={OmegaConf.select(cfg, 'trainer.gradient_clip_val')}")
+    if unreached:
+        raise MletError(
+            f"embedding.backend=torchrec: {' and '.join(unreached)} would not reach the sharded tables (FBGEMM's "
+            "fused table optimiser updates them inside backward, at their own lr; no process holds every table's "
+            "gradient for a clipping norm): leave them unset, or use embedding.backend=native")
     return {"strategy": TorchRecStrategy(plan_dir=output_dir)}
 
 

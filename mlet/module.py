@@ -183,17 +183,17 @@ class CTRModule(pl.LightningModule):
 
     def configure_optimizers(self):
         # Under the TorchRec backend (mlet.torchrec_strategy) the sharded tables' optimiser is FBGEMM's,
-        # fused into backward: they are left out here; replicated (data_parallel) tables are dense ones;
-        # sharded tables on TorchRec's dense kernel (Adam on a CPU) take the table optimiser.
-        sharded = getattr(self, "sharded_table_parameter_ids", set())
-        trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in sharded]
+        # fused into backward: they are left out here; replicated (data_parallel) tables, and sharded ones
+        # on TorchRec's dense kernel (Adam on a CPU), take the table optimiser.
+        tables = getattr(self, "table_parameter_ids", set())
+        trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in tables]
         factory = self.optimizer_factory
         if not hasattr(factory, "build"):
             optimizer = factory(trainable)
         else:
             torchrec = getattr(self.embedding, "backend", "native") == "torchrec"
-            if torchrec:  # the tables of TorchRec's dense kernel (no fused one here), with dense gradients
-                dense, tables = trainable, getattr(self, "dense_kernel_tables", [])
+            if torchrec:  # the tables not fused (mlet.torchrec_strategy.table_parameters), dense gradients
+                dense, tables = trainable, getattr(self, "stepped_tables", [])
             else:
                 sparse_ids = {id(p) for p in self.net.sparse_parameters()}  # the tables
                 dense = [p for p in trainable if id(p) not in sparse_ids]

@@ -180,22 +180,25 @@ class SparseAwareOptimizer:
               sparsify: bool = False) -> Optimizer:
         """The optimiser for ``dense_params`` and the embedding tables ``sparse_params`` (row-sparse
         gradients when there is a ``sparse`` factory, else dense like the rest). ``sparsify``: the
-        tables' gradients arrive dense (TorchRec's dense kernel) and the ``sparse`` optimiser gets
-        their non-zero entries (:func:`sparse_row_gradients`)."""
+        tables' gradients arrive dense (TorchRec's dense kernel, through each table's ``grad_source``) and
+        the ``sparse`` optimiser gets their non-zero rows (:func:`_table_gradient_hooks`)."""
         dense_params, tables = list(dense_params), list(sparse_params)
         if not tables:
             return self.dense(dense_params, **self._kwargs(self.dense))
         if self.sparse is None or _same(self.dense, self.sparse):
             # one optimiser (dense Adam; or SGD/Adagrad, which take both kinds of gradient), tables in their own group
             groups = ([{"params": dense_params}] if dense_params else []) + [self._table_group(self.dense, tables)]
-            return self.dense(groups, **self._kwargs(self.dense))
+            optimizer = self.dense(groups, **self._kwargs(self.dense))
+            if not sparsify:
+                return optimizer
+            _table_gradient_hooks(optimizer, sparse=False)
+            return CombinedOptimizer([optimizer])  # runs the closure (backward) before the hooks
         table_opt = self.sparse([self._table_group(self.sparse, tables)], **self._kwargs(self.sparse))
         if sparsify:
-            table_opt.register_step_pre_hook(sparse_row_gradients)
-            table_opt.register_step_post_hook(_drop_sparse_gradients)
+            _table_gradient_hooks(table_opt, sparse=True)
         if not dense_params and not sparsify:
             return table_opt
-        # a CombinedOptimizer runs the closure (backward) before any step, so the hook sees the gradients
+        # a CombinedOptimizer runs the closure (backward) before any step, so the hooks see the gradients
         return CombinedOptimizer(([self.dense(dense_params, **self._kwargs(self.dense))] if dense_params else []) + [table_opt])
 
     def __call__(self, params: Iterable[nn.Parameter]) -> Optimizer:
@@ -209,25 +212,39 @@ class SparseAwareOptimizer:
 
 
 @torch.no_grad()
-def sparse_row_gradients(optimizer: Optimizer, *_: Any) -> None:
-    """Step pre-hook: every dense gradient of ``optimizer``'s parameters becomes the sparse tensor
-    of its non-zero entries. TorchRec's dense kernel (the CPU TorchRec backend's tables under the
-    Adam family, which FBGEMM's CPU kernels cannot fuse) gives a table's whole gradient; the rows a
-    batch did not touch are exactly zero in it, so ``SparseAdam`` then updates only the touched rows,
-    as it does on the native backend (an entry whose gradient is exactly zero is skipped too)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None and not p.grad.is_sparse:
-                p.grad = p.grad.to_sparse()
+def _table_gradient_hooks(optimizer: Optimizer, sparse: bool) -> None:
+    """Step hooks for tables whose gradient arrives dense (``sparsify``, TorchRec's dense kernel).
 
+    Before the step, each parameter with a ``grad_source`` (a tensor sharing its storage, whose
+    gradient autograd fills: TorchRec's per-table view of its kernel's weights) takes that gradient;
+    with ``sparse`` the table optimiser gets the rows of it that are not zero, as a row-sparse
+    gradient: the rows the batch touched, so ``SparseAdam`` and ``RowWiseAdagrad`` step exactly the
+    rows they step on the native backend. After the step the gradients go, the source's too (it is in
+    no optimiser, so no ``zero_grad`` clears it)."""
 
-def _drop_sparse_gradients(optimizer: Optimizer, *_: Any) -> None:
-    """Step post-hook after :func:`sparse_row_gradients`: the consumed sparse gradients go (TorchRec's
-    per-table views of the weights cannot read a sparse gradient; the next backward starts afresh)."""
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None and p.grad.is_sparse:
-                p.grad = None
+    def before(opt: Optimizer, *_: Any) -> None:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                source = getattr(p, "grad_source", None)
+                grad = source.grad if source is not None else p.grad
+                if grad is None or grad.is_sparse:
+                    continue
+                if sparse:
+                    grad = grad.to_sparse(sparse_dim=1) if grad.dim() >= 2 else grad.to_sparse()
+                p.grad = grad
+
+    def after(opt: Optimizer, *_: Any) -> None:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                source = getattr(p, "grad_source", None)
+                if source is not None:  # no optimiser holds the source: its gradient must not accumulate
+                    source.grad = None
+                    p.grad = None
+                elif p.grad is not None and p.grad.is_sparse and sparse:
+                    p.grad = None
+
+    optimizer.register_step_pre_hook(before)
+    optimizer.register_step_post_hook(after)
 
 
 def clip_gradients_(params: Iterable[nn.Parameter], clip_val: float, algorithm: str = "norm") -> torch.Tensor | None:
@@ -320,7 +337,7 @@ def fused_table_optimizer(optimizer: Any, device_type: str = "cuda") -> dict[str
 
     FBGEMM's CPU kernels have no Adam: on ``device_type="cpu"`` the Adam family returns None, and
     the strategy shards those tables with TorchRec's dense kernel instead, their optimiser the
-    ``optimizer=`` group's own, run in torch (:func:`sparse_row_gradients`).
+    ``optimizer=`` group's own, run in torch (``SparseAwareOptimizer.build(..., sparsify=True)``).
     """
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
 

@@ -70,19 +70,19 @@ def _constraints(tables: dict[str, TorchRecTables], device_type: str, world: int
         sharded += [ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value]
     out = {}
     for t in tables.values():
-        if t.sharding == "row_wise" and device_type != "cuda":
-            raise BackendError("embedding.sharding=row_wise needs GPUs (TorchRec shards rows on CUDA only): "
-                               "use table_wise, column_wise or auto on a CPU")
-        if t.sharding == "data_parallel":  # replicated, dense kernel: the tables take the dense optimiser
-            kinds, kernels = [ShardingType.DATA_PARALLEL.value], [EmbeddingComputeKernel.DENSE.value]
-        else:
-            kinds = sharded if t.sharding == "auto" else [t.sharding]
-            kernels = [EmbeddingComputeKernel.FUSED.value]
-        extra = {}
-        if t.sharding == "column_wise":
-            block = -(-t.width // world)
-            extra["min_partition"] = max(4, -(-block // 4) * 4)  # FBGEMM: a multiple of 4
-        for key in t.keys:
+        for key, sharding in t.shardings.items():
+            if sharding == "row_wise" and device_type != "cuda":
+                raise BackendError("embedding.sharding=row_wise needs GPUs (TorchRec shards rows on CUDA only): "
+                                   "use table_wise, column_wise or auto on a CPU")
+            if sharding == "data_parallel":  # replicated, dense kernel: the table optimiser in torch (table_parameters)
+                kinds, kernels = [ShardingType.DATA_PARALLEL.value], [EmbeddingComputeKernel.DENSE.value]
+            else:
+                kinds = sharded if sharding == "auto" else [sharding]
+                kernels = [EmbeddingComputeKernel.FUSED.value]
+            extra = {}
+            if sharding == "column_wise":
+                block = -(-t.width // world)
+                extra["min_partition"] = max(4, -(-block // 4) * 4)  # FBGEMM: a multiple of 4
             out[key] = ParameterConstraints(sharding_types=kinds, compute_kernels=kernels, **extra)
     return out
 
@@ -125,18 +125,35 @@ def shard(module: nn.Module, optimizer: Any, device: torch.device) -> Any:
 
 
 def table_parameters(module: nn.Module, optimizer: Any, device_type: str) -> tuple[set[int], list[torch.Tensor]]:
-    """After :func:`shard`: (the ids of every parameter of a sharded, not data-parallel, table, which
-    the ordinary optimiser leaves out; the tensors the ``optimizer=`` group's table optimiser steps).
+    """After :func:`shard`: (the ids of every table parameter, which the ordinary optimiser leaves
+    out; the tensors the ``optimizer=`` group's table optimiser steps, with dense gradients that
+    ``SparseAwareOptimizer.build(..., sparsify=True)`` turns into their non-zero rows).
 
-    With a fused kernel FBGEMM's optimiser owns the sharded tables: no tensors. With the dense
-    kernel (no fused kernel for the table optimiser on this device) they are the kernel's weights,
-    which the parameters the module lists (TorchRec's per-table slices) are views of; their
-    gradients are dense (``SparseAwareOptimizer.build(..., sparsify=True)``)."""
-    sharded = [p for t in torchrec_tables(module).values() if t.sharding != "data_parallel" for p in t.parameters()]
-    if fused_table_optimizer(optimizer, device_type) is not None:
-        return {id(p) for p in sharded}, []
-    weights = {id(w): w for w in (getattr(p, "_original_tensor", p) for p in sharded)}
-    return {id(p) for p in sharded}, list(weights.values())
+    Sharded tables: FBGEMM's fused optimiser owns them (none of them here), or, with no fused kernel
+    for the table optimiser on this device, TorchRec's dense kernel runs them and they are stepped
+    here. Replicated (``data_parallel``) tables: always stepped here (DDP averages their gradients
+    first), so every table has the same optimiser as under the native backend. The tensors are
+    ``n x w`` views of each table (:func:`_row_view`)."""
+    tables = list(torchrec_tables(module).values())
+    split = [p for t in tables for p in t.model_parallel_parameters()]
+    split_ids = {id(p) for p in split}
+    replicated = [p for t in tables for p in t.parameters() if id(p) not in split_ids]
+    stepped = replicated if fused_table_optimizer(optimizer, device_type) is not None else [*replicated, *split]
+    return split_ids | {id(p) for p in replicated}, [_row_view(p) for p in stepped if p.numel()]
+
+
+def _row_view(table: torch.Tensor) -> nn.Parameter:
+    """A leaf ``n x w`` parameter sharing the storage of one table of a dense kernel, which the
+    table optimiser can step with row-sparse gradients. TorchRec lists the table as a view of the
+    kernel's flat weights (``TableBatchedEmbeddingSlice``), whose ``grad`` reads the flat gradient
+    and which cannot hold a sparse one; that view is the new parameter's ``grad_source``."""
+    flat = getattr(table, "_original_tensor", None)
+    if flat is None:
+        view = nn.Parameter(table.detach())
+    else:
+        view = nn.Parameter(flat.detach()[table._start_offset : table._end_offset].view(table.shape))
+    view.grad_source = table
+    return view
 
 
 def _DenseKernelSharder():
@@ -199,7 +216,7 @@ class TorchRecStrategy(DDPStrategy):
         if self._dmp is None:
             module = self.lightning_module
             self._dmp = shard(module, module.optimizer_factory, self.root_device)
-            module.sharded_table_parameter_ids, module.dense_kernel_tables = table_parameters(
+            module.table_parameter_ids, module.stepped_tables = table_parameters(
                 module, module.optimizer_factory, self.root_device.type)
             plan = str(self._dmp.plan)
             log.info("TorchRec sharding plan:\n%s", plan)
@@ -241,7 +258,7 @@ class TorchRecStrategy(DDPStrategy):
         self.barrier("torchrec_save")
         dcp.save(sharded, checkpoint_id=path)
         # this process's dense optimiser states: the same on every process for replicated parameters;
-        # its own for sharded tables trained by a dense optimiser (Adam on a CPU, no fused kernel)
+        # its own for sharded tables stepped in torch (Adam on a CPU: TorchRec's dense kernel)
         torch.save(checkpoint.get("optimizer_states", []), path / f"optimizer_rank{self.global_rank}.pt")
         if self.global_rank == 0:
             torch.save(rest, path / META_FILE)
@@ -301,7 +318,8 @@ def is_sharded_checkpoint(path: str | Path) -> bool:
 def native_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The weights of a sharded checkpoint as the native backend names them, read in one process
     (no process group, no torchrec needed): each field's table ``<emb>.collection.embedding_bags.
-    field_<f>.weight``, whatever its sharding, is read whole and the fields are concatenated into
+    field_<f>.weight``, whatever its sharding (a replicated one is in ``meta.ckpt``), is read whole and
+    the fields are concatenated into
     ``<emb>.weight``. What ``mlet-export`` loads into a native network: the same collapsed program."""
     import torch.distributed.checkpoint as dcp
 
@@ -313,6 +331,8 @@ def native_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if key.startswith("state_dict.") and ".collection.embedding_bags." in key:
             tables[key.removeprefix("state_dict.")] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype)
     dcp.load({"state_dict": tables}, checkpoint_id=path, no_dist=True)
+    for key in [k for k in state if ".collection.embedding_bags." in k]:  # replicated tables: in meta.ckpt
+        tables[key] = state.pop(key)
     grouped: dict[str, dict[int, torch.Tensor]] = {}
     for key, weight in tables.items():
         owner, _, table = key.partition(".collection.embedding_bags.")

@@ -57,6 +57,15 @@ def test_dim_not_divisible_by_4_is_one_line_error(make, key):
     assert "\n" not in message and key in message and "divisible by 4" in message
 
 
+def test_table_sharding_names_a_bad_field_or_type_in_one_line():
+    with pytest.raises(ValueError, match=r"embedding.table_sharding: keys are field indices \(0..2\); got 7"):
+        MLETEmbedding(CARDS, 4, 8, backend="torchrec", table_sharding={7: "table_wise"})
+    with pytest.raises(ValueError, match="embedding.table_sharding.1 must be one of"):
+        MLETEmbedding(CARDS, 4, 8, backend="torchrec", table_sharding={1: "diagonal"})
+    assert "embedding.table_sharding.0" in MLETEmbedding.config_problem(
+        {"dim": 4, "inner_dim": 8, "backend": "torchrec", "table_sharding": {0: "by_magic"}})
+
+
 def test_dim_constraint_only_binds_the_torchrec_backend():
     assert SingleLayerEmbedding(CARDS, 2).dim == 2  # native: any dim
     with pytest.raises(ValueError, match="embedding.sharding must be one of"):
@@ -66,26 +75,30 @@ def test_dim_constraint_only_binds_the_torchrec_backend():
 
 
 @needs_torchrec
-@pytest.mark.parametrize("overrides,named", [
-    (["lr_scheduler=plateau"], "lr_scheduler=plateau"),
-    (["experiment=bars_recipe"], "lr_scheduler=plateau and trainer.gradient_clip_val=10.0"),
-    (["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0"),
+@pytest.mark.parametrize("overrides,fused_named,torch_named", [
+    (["lr_scheduler=plateau"], "lr_scheduler=plateau", None),
+    (["experiment=bars_recipe"], "lr_scheduler=plateau and trainer.gradient_clip_val=10.0",
+     "trainer.gradient_clip_val=10.0"),
+    (["+trainer.gradient_clip_val=1.0"], "trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val=1.0"),
 ])
-def test_what_cannot_reach_a_fused_table_optimiser_is_refused_in_one_line(tmp_path, overrides, named):
-    """FBGEMM's fused optimiser updates the tables inside backward: a plateau scheduler or gradient
-    clipping would silently leave them out. Refused before any process starts; allowed where the table
-    optimiser is torch's (SparseAdam on TorchRec's dense kernel, on a CPU)."""
+def test_what_would_not_reach_the_sharded_tables_is_refused_in_one_line(tmp_path, overrides, fused_named, torch_named):
+    """FBGEMM's fused optimiser updates the tables inside backward: a plateau scheduler would leave
+    them at their lr. Clipping cannot reach a fused update, and no process holds every sharded
+    table's gradient for the norm. Refused before any process starts; a scheduler is allowed where the
+    table optimiser is torch's (SparseAdam on TorchRec's dense kernel, on a CPU)."""
     from mlet.job import _backend_strategy
     from tests.helpers import compose_cfg
 
     base = ["embedding=mlet", "embedding.backend=torchrec", "trainer=cpu", *overrides]
-    cfg = compose_cfg([*base, "optimizer=rowwise_adagrad"], tmp_path / "fused")
-    with pytest.raises(MletError) as err:
-        _backend_strategy(cfg, tmp_path / "fused")
-    message = str(err.value)
-    assert "\n" not in message and named in message and "fused table optimiser" in message
-    cfg = compose_cfg([*base, "optimizer=sparse_adam"], tmp_path / "dense")
-    assert "strategy" in _backend_strategy(cfg, tmp_path / "dense")
+    for optimizer, named in (("rowwise_adagrad", fused_named), ("sparse_adam", torch_named)):
+        cfg = compose_cfg([*base, f"optimizer={optimizer}"], tmp_path / optimizer)
+        if named is None:
+            assert "strategy" in _backend_strategy(cfg, tmp_path / optimizer)
+            continue
+        with pytest.raises(MletError) as err:
+            _backend_strategy(cfg, tmp_path / optimizer)
+        message = str(err.value)
+        assert "\n" not in message and named in message and "sharded tables" in message, message
 
 
 def test_rowwise_adagrad_sparse_equals_dense_and_keeps_one_value_per_row():
@@ -185,6 +198,23 @@ def test_two_process_sharded_training_equals_native_with_each_cpu_table_optimize
     _assert_sharded_equals_native(tmp_path, "mlet", "table_wise", optimizer)
 
 
+@pytest.mark.slow
+@pytest.mark.torchrec
+@needs_torchrec
+@pytest.mark.parametrize("optimizer", ["sgd", "sparse_adam"])
+def test_per_table_sharding_trains_like_native(tmp_path, optimizer):
+    """embedding.table_sharding: one table replicated (data-parallel, the dense optimiser), one
+    column-wise, the rest table-wise, in one collection: still the native run's losses and table."""
+    native = _run_worker(tmp_path / "native.pt", "mlet", "auto", 1, optimizer)
+    sharded = _run_worker(tmp_path / "sharded.pt", "mlet", "mixed", 2, optimizer)
+    kinds = {line.split("|")[0].strip(): line.split("|")[1].strip() for line in sharded["plan"].splitlines()
+             if line.startswith("field_") and "rank:" not in line}
+    assert kinds == {"field_0": "table_wise", "field_1": "data_parallel", "field_2": "column_wise",
+                     "field_3": "table_wise", "field_4": "table_wise"}, kinds
+    torch.testing.assert_close(torch.tensor(sharded["losses"]), torch.tensor(native["losses"]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sharded["collapsed"], native["collapsed"], rtol=1e-5, atol=1e-6)
+
+
 def _assert_sharded_equals_native(tmp_path, kind: str, sharding: str, optimizer: str) -> None:
     native = _run_worker(tmp_path / "native.pt", kind, "auto", 1, optimizer)
     sharded = _run_worker(tmp_path / "sharded.pt", kind, sharding, 2, optimizer)
@@ -276,17 +306,22 @@ def test_mlet_train_with_torchrec_on_two_cpu_processes_trains_resumes_and_export
 @pytest.mark.torchrec
 @needs_torchrec
 def test_mlet_train_with_torchrecs_fused_rowwise_adagrad_evaluates_the_exported_model(tmp_path):
-    """optimizer=rowwise_adagrad: FBGEMM's fused kernel. The record's test AUC (the sharded tables'
-    evaluation) equals the exported collapsed program's (this was an open bug: the sharded
-    collection's output came back in shard order, not field order)."""
+    """optimizer=rowwise_adagrad: FBGEMM's fused kernel, with per-table constraints (field 0
+    replicated: row-wise Adagrad in torch on TorchRec's dense kernel; field 3 column-wise). The
+    record's test AUC (the sharded tables' evaluation) equals the exported collapsed program's (this
+    was an open bug: the sharded collection's output came back in shard order, not field order)."""
     from tests.helpers import run_cli
 
-    done = run_cli([*DONE_WHEN, "optimizer=rowwise_adagrad", *SMALL], tmp_path, timeout=600)
+    per_table = "embedding.table_sharding={0: data_parallel, 3: column_wise}"
+    done = run_cli([*DONE_WHEN, "optimizer=rowwise_adagrad", per_table, *SMALL], tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     record = json.loads((run_dir / "record.json").read_text())
     plan = (run_dir / "sharding_plan.txt").read_text()
-    assert "embedding.inner.collection" in plan and "fused" in plan
+    rows = {line.split("|")[0].strip(): line for line in plan.splitlines() if line.startswith("field_") and "rank:" not in line}
+    assert "data_parallel" in rows["field_0"] and "dense" in rows["field_0"], plan
+    assert "column_wise" in rows["field_3"] and "fused" in rows["field_3"], plan
+    assert "embedding.inner.collection" in plan and "fused" in rows["field_1"]
     assert (Path(record["best_checkpoint"]) / "meta.ckpt").is_file()  # a sharded checkpoint
     assert_export_equals_record(tmp_path, run_dir, record)
 

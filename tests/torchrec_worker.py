@@ -18,12 +18,16 @@ DIM, INNER, DENSE, BATCH, STEPS, LR = 4, 8, 3, 32, 6, 0.5
 
 
 def build(kind: str, backend: str, sharding: str):
+    """``sharding`` ``mixed``: field 1 replicated, field 2 column-wise, the rest table-wise."""
     from mlet.embeddings import MLETEmbedding, SingleLayerEmbedding
     from mlet.models.dlrm import DLRM
     from mlet.module import CTRNet
 
     torch.manual_seed(0)
-    common = dict(backend=backend, sharding=sharding, table_init="normal", init_std=0.1)
+    table_sharding = None
+    if sharding == "mixed":
+        sharding, table_sharding = "table_wise", {1: "data_parallel", 2: "column_wise"}
+    common = dict(backend=backend, sharding=sharding, table_sharding=table_sharding, table_init="normal", init_std=0.1)
     emb = (SingleLayerEmbedding(CARDS, DIM, **common) if kind == "single"
            else MLETEmbedding(CARDS, DIM, INNER, **common))
     return CTRNet(emb, DLRM(len(CARDS), DIM, DENSE, [8], [8]))
@@ -82,9 +86,8 @@ def sharded(rank: int, world: int, out: str, kind: str, sharding: str, port: int
     net = build(kind, "torchrec", sharding)
     optimizer = sgd()
     dmp = shard(net, optimizer, torch.device("cpu"))
-    sharded_ids, dense_kernel_tables = table_parameters(net, optimizer, "cpu")
-    opt = optimizer.build([p for p in net.parameters() if id(p) not in sharded_ids], dense_kernel_tables,
-                          sparsify=True)
+    table_ids, stepped_tables = table_parameters(net, optimizer, "cpu")
+    opt = optimizer.build([p for p in net.parameters() if id(p) not in table_ids], stepped_tables, sparsify=True)
     losses = []
     per = BATCH // world
     for dense, cat, label in batches():
@@ -112,5 +115,9 @@ if __name__ == "__main__":
     else:
         import torch.multiprocessing as mp
 
-        port = 29500 + os.getpid() % 1000
+        import socket
+
+        with socket.socket() as free:  # a port no other process holds (a fixed formula can collide)
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
         mp.spawn(sharded, args=(world, out, kind, sharding, port, OPTIMIZER), nprocs=world)

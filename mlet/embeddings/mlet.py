@@ -84,6 +84,7 @@ class MLETEmbedding(FieldEmbedding):
             per field, sharded across processes by ``mlet.torchrec_strategy``; ``B`` stays dense).
             ``A`` and ``B`` are drawn the same way for both.
         sharding: with ``torchrec``, how the planner may shard every ``A_f`` (``auto``: its choice).
+        table_sharding: with ``torchrec``, ``field index -> sharding`` for tables that differ.
     """
 
     kind = "mlet"
@@ -106,6 +107,7 @@ class MLETEmbedding(FieldEmbedding):
         budget: float | None = None,
         backend: str = "native",
         sharding: str = "auto",
+        table_sharding: Mapping[int, str] | None = None,
     ) -> None:
         super().__init__(cardinalities, dim)
         self.eval_mode = check_eval_mode(eval_mode)
@@ -126,11 +128,11 @@ class MLETEmbedding(FieldEmbedding):
         self.projection = nn.Parameter(torch.randn(shape) * std, requires_grad=bool(train_projection))
         if init == "balanced":
             self._balance()
-        problem = backend_problem(backend, sharding, "embedding.inner_dim", self.inner_dim)
+        problem = backend_problem(backend, sharding, "embedding.inner_dim", self.inner_dim, table_sharding)
         if problem:
             raise ValueError(problem)
         if backend == "torchrec":
-            self.inner = TorchRecTables(self.cardinalities, self.inner.weight.data, sharding)
+            self.inner = TorchRecTables(self.cardinalities, self.inner.weight.data, sharding, table_sharding)
 
     def _balance(self) -> None:
         if self.share_projection:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ class SingleLayerEmbedding(FieldEmbedding):
             sharded across processes by ``mlet.torchrec_strategy``; :mod:`mlet.embeddings.torchrec`).
             The table is drawn the same way for both.
         sharding: with ``torchrec``, how the planner may shard every table (``auto``: its choice).
+        table_sharding: with ``torchrec``, ``field index -> sharding`` for tables that differ.
     """
 
     kind = "single"
@@ -49,11 +50,12 @@ class SingleLayerEmbedding(FieldEmbedding):
         init_std: float | None = 1e-4,
         backend: str = "native",
         sharding: str = "auto",
+        table_sharding: Mapping[int, str] | None = None,
     ) -> None:
         super().__init__(cardinalities, dim)
         check_eval_mode(eval_mode)
         check_table_init(table_init, init_std)
-        problem = backend_problem(backend, sharding, "embedding.dim", self.dim)
+        problem = backend_problem(backend, sharding, "embedding.dim", self.dim, table_sharding)
         if problem:
             raise ValueError(problem)
         self.backend, self.sharding = backend, sharding
@@ -61,7 +63,7 @@ class SingleLayerEmbedding(FieldEmbedding):
         self.table = nn.Embedding(self.total_rows, self.dim, sparse=sparse)
         init_table_(self.table.weight, self.cardinalities, table_init, init_std)
         if backend == "torchrec":
-            self.table = TorchRecTables(self.cardinalities, self.table.weight.data, sharding)
+            self.table = TorchRecTables(self.cardinalities, self.table.weight.data, sharding, table_sharding)
 
     @classmethod
     def config_problem(cls, cfg) -> str | None:

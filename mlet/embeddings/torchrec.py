@@ -17,7 +17,8 @@ dependencies, which would replace this project's torch and torchmetrics).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,18 +34,27 @@ class BackendError(MletError, ValueError):
     """``embedding.backend`` / ``embedding.sharding`` cannot be used as configured."""
 
 
-def check_backend(backend: str, sharding: str) -> None:
+def check_backend(backend: str, sharding: str, table_sharding: Mapping[Any, str] | None = None,
+                  num_fields: int | None = None) -> None:
     if backend not in BACKENDS:
         raise BackendError(f"embedding.backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if sharding not in SHARDINGS:
         raise BackendError(f"embedding.sharding must be one of {', '.join(SHARDINGS)}; got {sharding!r}")
+    for field, kind in (table_sharding or {}).items():
+        if isinstance(field, bool) or not isinstance(field, int) or field < 0 or (
+                num_fields is not None and field >= num_fields):
+            fields = f"0..{num_fields - 1}" if num_fields is not None else "a field index"
+            raise BackendError(f"embedding.table_sharding: keys are field indices ({fields}); got {field!r}")
+        if kind not in SHARDINGS:
+            raise BackendError(f"embedding.table_sharding.{field} must be one of {', '.join(SHARDINGS)}; got {kind!r}")
 
 
-def backend_problem(backend: str, sharding: str, key: str, width: int) -> str | None:
+def backend_problem(backend: str, sharding: str, key: str, width: int,
+                    table_sharding: Mapping[Any, str] | None = None) -> str | None:
     """Why this backend cannot hold a table of ``width`` columns (``key`` names the config key
     that sets it), as one line, or None. FBGEMM's kernels need ``width % 4 == 0``."""
     try:
-        check_backend(backend, sharding)
+        check_backend(backend, sharding, table_sharding)
     except BackendError as exc:
         return str(exc)
     if backend == "torchrec" and width % 4:
@@ -59,7 +69,8 @@ def config_backend_problem(cfg, key: str) -> str | None:
     width = cfg.get(key)
     if isinstance(width, bool) or not isinstance(width, int):
         return None
-    return backend_problem(cfg.get("backend", "native"), cfg.get("sharding", "auto"), f"embedding.{key}", width)
+    return backend_problem(cfg.get("backend", "native"), cfg.get("sharding", "auto"), f"embedding.{key}", width,
+                           cfg.get("table_sharding"))
 
 
 def require_torchrec():
@@ -94,14 +105,19 @@ class TorchRecTables(nn.Module):
         weight: the initial concatenated ``sum_f n_f x width`` table (copied field by field), so
             that the backend starts from exactly the native table.
         sharding: the sharding every table is constrained to (``auto``: the planner chooses).
+        table_sharding: ``field -> sharding`` for the tables that differ from ``sharding``.
     """
 
-    def __init__(self, cardinalities: Sequence[int], weight: torch.Tensor, sharding: str = "auto") -> None:
+    def __init__(self, cardinalities: Sequence[int], weight: torch.Tensor, sharding: str = "auto",
+                 table_sharding: Mapping[int, str] | None = None) -> None:
         super().__init__()
         torchrec = require_torchrec()
         self.cardinalities = [int(c) for c in cardinalities]
+        check_backend("torchrec", sharding, table_sharding, len(self.cardinalities))
         self.width = int(weight.shape[1])
         self.sharding = sharding
+        # each field's table: its own entry of table_sharding, else sharding
+        self.shardings = {table_name(f): (table_sharding or {}).get(f, sharding) for f in range(len(self.cardinalities))}
         configs = [
             torchrec.EmbeddingBagConfig(name=table_name(f), embedding_dim=self.width, num_embeddings=n,
                                         feature_names=[table_name(f)], pooling=torchrec.PoolingType.SUM)
@@ -135,6 +151,13 @@ class TorchRecTables(nn.Module):
         if order != self.keys:
             values = values[:, [order.index(k) for k in self.keys]]
         return values
+
+    def model_parallel_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the tables that are not replicated (``data_parallel``): under a strategy
+        their optimiser is FBGEMM's fused one, or the table optimiser on TorchRec's dense kernel. The
+        collection names each table's parameter ``embedding_bags.<field_f>.weight``, sharded or not."""
+        split = {key for key, sharding in self.shardings.items() if sharding != "data_parallel"}
+        return [p for name, p in self.collection.named_parameters() if name.split(".")[-2] in split]
 
     @property
     def full_numel(self) -> int:
