@@ -103,6 +103,8 @@ def check_config(
                     check_node(f"{group}.{name}", sub)
     if cfg.get("keep_last_checkpoint", "auto") not in ("auto", True, False):
         raise ConfigError(f"keep_last_checkpoint={cfg.keep_last_checkpoint!r}: expected auto, true or false")
+    if cfg.get("keep_best_checkpoint", True) not in (True, False):
+        raise ConfigError(f"keep_best_checkpoint={cfg.keep_best_checkpoint!r}: expected true or false")
     # ranges: build the embedding and the model once on a toy two-field schema
     try:
         from mlet.module import CTRModule, init_model_  # noqa: PLC0415 - only needed here

@@ -63,7 +63,11 @@ def locate(target: str | Path) -> tuple[Path, Path]:
     last = target / "checkpoints" / "last.ckpt"
     if last.exists():
         return target, last
-    raise ExportError(f"{target}: no checkpoint found (record.json's best_checkpoint or checkpoints/last.ckpt)")
+    dropped = record.is_file() and (target / "config.yaml").is_file() and "keep_best_checkpoint: false" in (
+        target / "config.yaml").read_text()
+    hint = ("; it was trained with keep_best_checkpoint=false (a sweep preset's setting): train it again with "
+            "keep_best_checkpoint=true force=true" if dropped else "")
+    raise ExportError(f"{target}: no checkpoint found (record.json's best_checkpoint or checkpoints/last.ckpt){hint}")
 
 
 def load_collapsed(target: str | Path) -> tuple[CTRNet, dict, Path]:

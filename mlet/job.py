@@ -236,10 +236,15 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = Fa
 
     record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started)
     record.seconds_prepare = round(seconds_prepare, 3)
+    drop_best = bool(ckpt) and cfg.get("keep_best_checkpoint", True) is False
+    if drop_best:
+        record.best_checkpoint = None
     if trainer.is_global_zero:  # one record per job, also under DDP
         record.write(output_dir / RECORD_NAME)
         sweep.note_outcome(output_dir, "trained")
-        _drop_resume_checkpoints(cfg, output_dir, keep=ckpt)
+        _drop_resume_checkpoints(cfg, output_dir, keep="" if drop_best else ckpt)
+        if drop_best and Path(ckpt).exists():  # after the record: a kill in between loses no result
+            _remove_checkpoint(Path(ckpt))
     for lg in loggers:
         if hasattr(lg, "experiment") and lg.__class__.__name__ == "WandbLogger":
             lg.experiment.summary.update({k: v for k, v in record.to_json().items() if k != "config"})

@@ -69,7 +69,7 @@ NOT_EXPERIMENT = (
     "seed", "datamodule.seed",  # the seed: runs of one arm differ in it (datamodule.seed is ${seed})
     # in the arm already, as the record's d and k (a single-layer table ignores its inner_dim)
     "embedding.dim", "embedding.inner_dim",
-    "paths", "logger", "hydra", "task_name", "force", "tags", "ckpt_path", "keep_last_checkpoint",
+    "paths", "logger", "hydra", "task_name", "force", "tags", "ckpt_path", "keep_last_checkpoint", "keep_best_checkpoint",
     "train", "test",
     "trainer.default_root_dir", "trainer.accelerator", "trainer.enable_progress_bar",
     "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.enable_checkpointing",

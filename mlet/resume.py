@@ -38,7 +38,7 @@ CHECKPOINT_DIR = "checkpoints"
 MAY_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "callbacks.early_stopping",
               "callbacks.progress_log")
 # Taken from the command line, not from the run's config: where things go and how they are shown.
-CURRENT_KEYS = ("paths", "ckpt_path", "force", "keep_last_checkpoint", "tags", "train", "test")
+CURRENT_KEYS = ("paths", "ckpt_path", "force", "keep_last_checkpoint", "keep_best_checkpoint", "tags", "train", "test")
 
 
 def checkpoint_run_dir(ckpt_path: Any, base: str | Path) -> Path | None:

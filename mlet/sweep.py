@@ -54,7 +54,7 @@ JOBS_LOG = "sweep_jobs.jsonl"
 # Overrides that are part of a job's name, or change nothing in its result: kept out of the hash.
 # (and embedding.<key> for the arm keys and ignored keys of the job's embedding type: named_keys)
 NAMED_KEYS = {"data", "model", "embedding", "embedding.dim", "seed"}
-NEUTRAL_KEYS = {"sweep", "force", "tags", "logger", "trainer.enable_progress_bar", "keep_last_checkpoint", "ckpt_path"}
+NEUTRAL_KEYS = {"sweep", "force", "tags", "logger", "trainer.enable_progress_bar", "keep_last_checkpoint", "keep_best_checkpoint", "ckpt_path"}
 NEUTRAL_PREFIXES = ("hydra.", "logger.", "paths.", "callbacks.progress_log.")
 SKIP_MESSAGES = {
     "exists": "record exists",

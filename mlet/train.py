@@ -114,6 +114,8 @@ def _train_app(cfg: DictConfig) -> float | None:
     try:
         with _hand_job_to_ranks(cfg):
             record = run(cfg)
+        if record.get("status") == "completed" and sweep.process_rank() == 0:
+            (output_dir / ERROR_NAME).unlink(missing_ok=True)  # an earlier attempt's error, now retrained
     except Exception as exc:
         message = cli.user_message(exc)
         cause = cli.root_cause(exc)

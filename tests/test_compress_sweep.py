@@ -26,6 +26,9 @@ def test_compress_sweep_and_report_end_to_end(tmp_path):
     assert all(r["inference_bytes"] and r["model_bytes"] > r["inference_bytes"] for r in records)
     int8 = [r for r in records if r["quantize"] == "int8"]
     assert len(int8) == 10 and all(r["test_auc_unquantized"] is not None for r in int8)
+    # the preset keeps what the report reads: records, not checkpoints (keep_best_checkpoint=false)
+    assert all(r["best_checkpoint"] is None for r in records)
+    assert not list(sweep_dir.rglob("*.ckpt"))
 
     out = tmp_path / "report"
     rep = run_script("mlet-report", [str(sweep_dir), "--out", str(out), "--tune", "optimizer.lr"], tmp_path)

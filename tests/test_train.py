@@ -37,6 +37,27 @@ def test_train_writes_record_and_learns(embedding, tmp_path):
         assert on_disk["train_parameters"] == on_disk["inference_parameters"]
 
 
+def test_keep_best_checkpoint_false_deletes_it_after_the_record(tmp_path):
+    """A large sweep keeps only what mlet-report reads: the record, with best_checkpoint null; the
+    checkpoint it names is gone, and mlet-export says why it has nothing to export."""
+    from mlet.export import ExportError, locate
+
+    cfg = compose_cfg([*TINY, "embedding=single", "trainer.max_epochs=2", "keep_best_checkpoint=false"], tmp_path)
+    run(cfg)
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["status"] == "completed" and record["test_auc"] > 0.5
+    assert record["best_checkpoint"] is None
+    assert not list((tmp_path / "checkpoints").glob("epoch*.ckpt"))
+    (tmp_path / "checkpoints" / "last.ckpt").unlink()  # as a multirun job leaves it
+    with pytest.raises(ExportError, match="keep_best_checkpoint=false"):
+        locate(tmp_path)
+
+    kept = compose_cfg([*TINY, "embedding=single", "trainer.max_epochs=2"], tmp_path / "kept")
+    run(kept)
+    best = json.loads((tmp_path / "kept" / "record.json").read_text())["best_checkpoint"]
+    assert best and Path(best).is_file()
+
+
 def test_evaluation_scores_the_collapsed_model(tmp_path):
     cfg = compose_cfg([*TINY, "embedding=mlet", "trainer.max_epochs=1"], tmp_path)
     from mlet.job import build
@@ -71,10 +92,13 @@ def test_evaluation_scores_the_collapsed_model(tmp_path):
 
 @pytest.mark.slow  # starts processes
 def test_cli_end_to_end_prints_collapsed_metrics(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "error.txt").write_text("mlet-train: error: an earlier attempt's\n")
     proc = run_cli([*TINY, f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "run" / "record.json").read_text())
     assert record["embedding"] == "mlet"
+    assert not (tmp_path / "run" / "error.txt").exists()  # the completed run no longer shows an old error
     assert f"test_auc={record['test_auc']:.5f}" in proc.stdout + proc.stderr
 
 
@@ -188,6 +212,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
         ("+model.hidden=[3]", "model.hidden: not a setting"),
         ("embedding.inner_dim=2", "inner_dim >= dim"),
         ("keep_last_checkpoint=sometimes", "keep_last_checkpoint='sometimes': expected auto, true or false"),
+        ("keep_best_checkpoint=sometimes", "keep_best_checkpoint='sometimes': expected true or false"),
     ],
 )
 def test_config_is_checked_before_any_work(override, needle, tmp_path, monkeypatch):
