@@ -53,18 +53,18 @@ def locate(target: str | Path) -> tuple[Path, Path]:
     if not target.is_dir():
         raise ExportError(f"{target}: no such run directory or checkpoint")
     record = target / RECORD_NAME
+    dropped = False
     if record.is_file():
         try:
-            best = read_record(record).best_checkpoint
+            run = read_record(record)
         except ValueError as exc:
             raise ExportError(str(exc)) from None
-        if best and Path(best).exists():  # a file, or a sharded checkpoint directory
-            return target, Path(best)
+        if run.best_checkpoint and Path(run.best_checkpoint).exists():  # a file, or a sharded checkpoint directory
+            return target, Path(run.best_checkpoint)
+        dropped = (run.config or {}).get("keep_best_checkpoint") is False
     last = target / "checkpoints" / "last.ckpt"
     if last.exists():
         return target, last
-    dropped = record.is_file() and (target / "config.yaml").is_file() and "keep_best_checkpoint: false" in (
-        target / "config.yaml").read_text()
     hint = ("; it was trained with keep_best_checkpoint=false (a sweep preset's setting): train it again with "
             "keep_best_checkpoint=true force=true" if dropped else "")
     raise ExportError(f"{target}: no checkpoint found (record.json's best_checkpoint or checkpoints/last.ckpt){hint}")

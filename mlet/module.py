@@ -185,8 +185,8 @@ class CTRModule(pl.LightningModule):
         # Under the TorchRec backend (mlet.torchrec_strategy) the sharded tables' optimiser is FBGEMM's,
         # fused into backward: they are left out here; replicated (data_parallel) tables, and sharded ones
         # on TorchRec's dense kernel (Adam on a CPU), take the table optimiser.
-        tables = getattr(self, "table_parameter_ids", set())
-        trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in tables]
+        table_ids = getattr(self, "table_parameter_ids", set())
+        trainable = [p for p in self.parameters() if p.requires_grad and id(p) not in table_ids]
         factory = self.optimizer_factory
         if not hasattr(factory, "build"):
             optimizer = factory(trainable)

@@ -222,26 +222,19 @@ def _table_gradient_hooks(optimizer: Optimizer, sparse: bool) -> None:
     rows they step on the native backend. After the step the gradients go, the source's too (it is in
     no optimiser, so no ``zero_grad`` clears it)."""
 
+    def with_source(opt: Optimizer):
+        return [p for group in opt.param_groups for p in group["params"] if getattr(p, "grad_source", None) is not None]
+
     def before(opt: Optimizer, *_: Any) -> None:
-        for group in opt.param_groups:
-            for p in group["params"]:
-                source = getattr(p, "grad_source", None)
-                grad = source.grad if source is not None else p.grad
-                if grad is None or grad.is_sparse:
-                    continue
-                if sparse:
-                    grad = grad.to_sparse(sparse_dim=1) if grad.dim() >= 2 else grad.to_sparse()
-                p.grad = grad
+        for p in with_source(opt):
+            grad = p.grad_source.grad
+            if grad is not None:
+                p.grad = grad.to_sparse(sparse_dim=1) if sparse else grad
 
     def after(opt: Optimizer, *_: Any) -> None:
-        for group in opt.param_groups:
-            for p in group["params"]:
-                source = getattr(p, "grad_source", None)
-                if source is not None:  # no optimiser holds the source: its gradient must not accumulate
-                    source.grad = None
-                    p.grad = None
-                elif p.grad is not None and p.grad.is_sparse and sparse:
-                    p.grad = None
+        for p in with_source(opt):  # no optimiser holds the source: its gradient must not accumulate
+            p.grad_source.grad = None
+            p.grad = None
 
     optimizer.register_step_pre_hook(before)
     optimizer.register_step_post_hook(after)

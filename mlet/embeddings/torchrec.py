@@ -115,7 +115,7 @@ class TorchRecTables(nn.Module):
         self.cardinalities = [int(c) for c in cardinalities]
         check_backend("torchrec", sharding, table_sharding, len(self.cardinalities))
         self.width = int(weight.shape[1])
-        self.sharding = sharding
+        self._field_order: tuple[list[str], list[int] | None] | None = None  # (output keys, their permutation)
         # each field's table: its own entry of table_sharding, else sharding
         self.shardings = {table_name(f): (table_sharding or {}).get(f, sharding) for f in range(len(self.cardinalities))}
         configs = [
@@ -148,9 +148,10 @@ class TorchRecTables(nn.Module):
         # in its own key order: a sharded collection orders its output by shard (table-wise: rank 0's
         # tables first), not by field; field f must come back at position f
         order = pooled.keys()
-        if order != self.keys:
-            values = values[:, [order.index(k) for k in self.keys]]
-        return values
+        if self._field_order is None or self._field_order[0] != order:  # the same after sharding: computed once
+            self._field_order = (list(order), None if order == self.keys else [order.index(k) for k in self.keys])
+        permutation = self._field_order[1]
+        return values if permutation is None else values[:, permutation]
 
     def model_parallel_parameters(self) -> list[nn.Parameter]:
         """The parameters of the tables that are not replicated (``data_parallel``): under a strategy
