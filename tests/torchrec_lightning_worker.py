@@ -63,13 +63,16 @@ def main(out: Path, mode: str) -> None:
     )
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(out / "ckpt" / "last.ckpt") if mode == "resume" else None)
+        collapsed = module.embedding.collapse().table.weight.detach().clone()  # a collective: every rank
+        if trainer.global_rank == 0:
+            torch.save({"val_history": module.val_history, "collapsed": collapsed, "steps": trainer.global_step,
+                        "first_step": kill.first},
+                       out / f"{mode}.pt")
     except Killed:
-        return
-    collapsed = module.embedding.collapse().table.weight.detach().clone()  # a collective: every rank
-    if trainer.global_rank == 0:
-        torch.save({"val_history": module.val_history, "collapsed": collapsed, "steps": trainer.global_step,
-                    "first_step": kill.first},
-                   out / f"{mode}.pt")
+        pass
+    finally:  # as mlet-train does: a gloo group left to interpreter teardown can abort the process (SIGABRT)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
