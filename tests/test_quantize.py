@@ -90,3 +90,38 @@ def test_quantized_evaluation_equals_the_exported_program(tmp_path, embedding, m
     assert (torch.sigmoid(exported) - torch.sigmoid(in_framework)).abs().max() <= 1e-6
     # the run's reported (quantised) test AUC is the exported program's
     assert abs(auc(exported, torch.from_numpy(test.label)) - record["test_auc"]) < 1e-6
+
+
+def test_mlet_predict_on_raw_lines_equals_the_quantized_evaluation(tmp_path):
+    """mlet-predict reads a quantised export: on the raw Criteo file the run was prepared from, its
+    probabilities equal the in-framework quantised model's to 1e-6, and on the test rows their AUC is
+    the record's (quantised) test AUC."""
+    from mlet.export import data_source, load_collapsed, main as export_main
+    from mlet.job import run
+    from mlet.metrics import auc
+    from mlet.predict import main as predict_main
+    from tests.helpers import TINY, compose_cfg
+    from tests.helpers.rawdata import criteo_rows, write_criteo
+
+    raw = write_criteo(tmp_path / "train.txt", criteo_rows(1400, seed=5), strip_every=7)
+    overrides = [o for o in TINY if not o.startswith("data.")] + [
+        "data=criteo_kaggle", f"data.path={raw}", "data.workers=1", "data.progress=false",
+        "data.on_short_line=pad", f"paths.data_dir={tmp_path / 'cache'}", "embedding=mlet",
+        "quantize=int8", "trainer.max_epochs=1"]
+    record = run(compose_cfg(overrides, tmp_path / "run"))
+    assert export_main([str(tmp_path / "run"), "--out", str(tmp_path / "exp")]) == 0
+    assert predict_main([str(tmp_path / "exp"), str(raw), "--out", str(tmp_path / "pred.txt")]) == 0
+    pred = np.loadtxt(tmp_path / "pred.txt", dtype=np.float64)
+
+    spec = json.loads((tmp_path / "exp" / "model.json").read_text())
+    s = data_source(spec["data"]).load().splits  # dlrm's contiguous split: train, test, val in file order
+    dense = torch.from_numpy(np.concatenate([s[k].dense for k in ("train", "test", "val")]))
+    cat = torch.from_numpy(np.concatenate([s[k].cat for k in ("train", "test", "val")]).astype(np.int64))
+    net, _, _ = load_collapsed(tmp_path / "run")
+    assert any(isinstance(m, QuantizedTable) for m in net.modules())  # the deployed int8 codes, not floats
+    with torch.no_grad():
+        quantized = torch.sigmoid(net(dense, cat)).numpy()
+    np.testing.assert_allclose(pred, quantized, rtol=0, atol=1e-6)
+    n_train, n_test = len(s["train"].label), len(s["test"].label)
+    test_pred = torch.from_numpy(pred[n_train:n_train + n_test])
+    assert abs(auc(test_pred, torch.from_numpy(np.array(s["test"].label))) - record["test_auc"]) < 1e-6
