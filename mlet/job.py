@@ -213,6 +213,12 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = Fa
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module = build(cfg)
     if sweep.process_rank() == 0:
+        same = sweep.same_model_as(cfg, output_dir, module.embedding.arm())
+        if same is not None:  # a budget that chose the knob another budget's job already trained
+            reason, existing = same
+            sweep.note_outcome(output_dir, "duplicate", reason)
+            log.info("finished run %s", summary_line(existing, Path(existing.path or output_dir)))
+            return {**existing.to_json(), "status": "skipped", "skipped": "duplicate", "skip_reason": reason}
         save_run_spec(output_dir, cfg, datamodule)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))

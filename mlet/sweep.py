@@ -14,7 +14,9 @@
   a job whose record was written by the same job with another value of an ignored key is skipped
   as a duplicate; inside a multirun, a job whose embedding class finds its config invalid
   (``config_problem``: MLET with ``inner_dim < dim``) is skipped as invalid (a single run with it
-  still fails with the embedding's error).
+  still fails with the embedding's error). A job whose ``embedding.budget`` chooses the same knob as
+  another budget's finished job (``same_model_as``: asked once the embedding is built) is skipped as
+  a duplicate of it.
 * A job that fails inside a multirun does not stop the sweep: its error is logged (with the
   traceback when it is not a config or input error), the outcome ``failed`` is noted, and the
   other jobs go on. Its ``record.json`` says ``status: failed`` (mlet.train): started again, the
@@ -244,6 +246,46 @@ def skip_reason(cfg: DictConfig, output_dir: Path) -> tuple[str, str, RunRecord 
             return ("duplicate", f"duplicate: embedding={cls.kind} ignores embedding.{key}; the same job ran "
                     f"with {key}={old} and its record exists: {path}", existing)
     return "exists", f"record exists: {path} (force=true retrains)", existing
+
+
+def same_model_as(cfg: DictConfig, output_dir: Path, built: dict[str, Any]) -> tuple[str, RunRecord] | None:
+    """``(reason, record)`` of a finished job of this sweep that trained the very model this job would.
+
+    A type that chooses its knob from ``embedding.budget`` can resolve two budgets to the same knob
+    (mixed dimensions bottom out at one column per row; QR at its fewest remainder rows): the jobs
+    then differ only in the budget they asked for. ``built`` is this job's arm once built (budget
+    and the knob it chose); a sibling job directory whose name differs from this one's only in the
+    budget part (same data, model, type, d, other arm keys, seed and override hash) and whose record
+    holds the same arm but for the budget is that model. Asked after the embedding is built (the
+    knob needs the data's cardinalities); in a multirun only, where the siblings are one sweep's.
+    """
+    budget = built.get("budget")
+    cls, _ = embedding_type(cfg)
+    if budget is None or cls is None or not in_multirun():
+        return None
+
+    def without_budget(name: str, value: Any) -> str:
+        (part,) = [f"{key}{v}" for key, v in cls.name_parts({"budget": value})]
+        return name.replace(f"-{part}-", "-", 1)
+
+    mine = without_budget(output_dir.name, budget)
+    resolved = {k: v for k, v in built.items() if k != "budget"}
+    for path in sorted(output_dir.parent.glob(f"*/{RECORD_NAME}")):
+        if path.parent == output_dir:
+            continue
+        try:
+            other = read_record(path)
+        except (ValueError, OSError):
+            continue
+        theirs = other.arm.get("budget")
+        if other.failed or theirs is None or theirs == budget:
+            continue
+        if without_budget(path.parent.name, theirs) == mine and \
+                {k: v for k, v in other.arm.items() if k != "budget"} == resolved:
+            chosen = ", ".join(f"{k}={v}" for k, v in resolved.items() if k not in ("kind", "dim"))
+            return (f"duplicate: embedding.budget={budget} chooses {chosen}, as budget={theirs} did; that job "
+                    f"trained this model: {path}"), other
+    return None
 
 
 LOCK_NAME = ".running"

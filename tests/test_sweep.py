@@ -87,6 +87,56 @@ def test_skip_reasons(tmp_path):
     assert sweep.skip_reason(cfg, out) is None
 
 
+def test_a_budget_that_chooses_what_another_budget_trained_is_a_duplicate(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    cfg = compose_cfg(["embedding=mixed_dim", "embedding.dim=4", "embedding.budget=0.015625", "optimizer.lr=0.1"],
+                      tmp_path / "job")
+    built = {"kind": "mixed_dim", "dim": 4, "budget": 0.015625, "alpha": 0.9}
+    name = sweep.job_dir_name(cfg)
+    assert re.fullmatch(r"synthetic-dlrm-mixed_dim-d4-b0.015625-s0-[0-9a-f]{8}", name)
+    mine = sweep_dir / name
+    sibling = sweep_dir / name.replace("-b0.015625-", "-b0.0625-")
+    write_record(sibling / "record.json", {"arm": {**built, "budget": 0.0625}, "val_auc": 0.7})
+    assert sweep.same_model_as(cfg, mine, built) is None  # outside a multirun: no sweep, no siblings
+    cfg = _multirun(cfg, sweep_dir)
+    reason, existing = sweep.same_model_as(cfg, mine, built)
+    assert reason.startswith("duplicate: embedding.budget=0.015625 chooses alpha=0.9, as budget=0.0625 did")
+    assert str(sibling / "record.json") in reason and existing.val_auc == 0.7
+    # another chosen knob is another model
+    assert sweep.same_model_as(cfg, mine, {**built, "alpha": 1.2}) is None
+    # so is a sibling of another seed or other overrides (hash), or one whose run failed
+    for other_name, record in ((name.replace("-b0.015625-s0-", "-b0.0625-s1-"), {}),
+                               (name.replace("-b0.015625-", "-b0.0625-")[:-8] + "0" * 8, {}),
+                               (sibling.name, {"status": "failed", "error": "x"})):
+        (sibling / "record.json").unlink()
+        target = sweep_dir / other_name / "record.json"
+        write_record(target, {"arm": {**built, "budget": 0.0625}, "val_auc": 0.7, **record})
+        assert sweep.same_model_as(cfg, mine, built) is None, other_name
+        target.unlink()
+        write_record(sibling / "record.json", {"arm": {**built, "budget": 0.0625}, "val_auc": 0.7})
+
+
+@pytest.mark.slow  # starts processes
+def test_budgets_that_resolve_to_one_model_train_it_once(tmp_path):
+    """On the tiny data every budget up to 1/4 gives mixed dimensions their smallest form (alpha 0.9):
+    the sweep trains the first budget's job and skips the second, then, started again, skips both."""
+    tiny = [o for o in TINY if not o.startswith("embedding.inner_dim")]  # mixed_dim has no inner_dim
+    args = ["-m", *tiny, "trainer.max_epochs=1", "embedding=mixed_dim", "embedding.budget=0.0625,0.015625",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    for expected in (["trained", "duplicate"], ["exists", "duplicate"]):
+        proc = run_cli(args, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        lines = (tmp_path / "sweep" / "sweep_jobs.jsonl").read_text().splitlines()[-2:]
+        outcomes = [json.loads(line) for line in lines]
+        assert [o["status"] for o in outcomes] == expected
+        trained = tmp_path / "sweep" / outcomes[0]["job"] / "record.json"
+        assert "-b0.0625-" in str(trained) and json.loads(trained.read_text())["arm"]["alpha"] == 0.9
+        assert outcomes[1]["reason"].startswith("duplicate: embedding.budget=0.015625 chooses alpha=0.9, as "
+                                                "budget=0.0625 did") and str(trained) in outcomes[1]["reason"]
+        assert not (tmp_path / "sweep" / outcomes[1]["job"] / "record.json").exists()
+        assert "1 skipped (duplicate)" in proc.stdout + proc.stderr
+
+
 def test_run_skips_a_finished_job_unless_forced(tmp_path, caplog):
     cfg = compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path)
     first = run(cfg)
