@@ -151,6 +151,26 @@ def test_flat_single_layer_curve_is_flagged(records_dir, tmp_path):
     assert (s["pairs"], s["reached"], s["beats_single"]) == (4, 4, 1)
 
 
+def test_a_reduction_within_the_single_layer_seed_spread_is_flagged(tmp_path):
+    # reference: single d=16 at 0.788. MLET d=2 (0.789) reaches it, single-layer d=2 (0.785 ± 0.005)
+    # does not, but falls short by less than its seeds' std: no reduction the seeds can tell apart.
+    # With single d=2 at 0.780 ± 0.005 (short by more than a std) the 8x stands.
+    for name, single_d2, beats in (("flat", [0.780, 0.785, 0.790], False), ("steep", [0.775, 0.780, 0.785], True)):
+        root = tmp_path / name
+        runs = {("single", None, 2): single_d2, ("single", None, 16): [0.788] * 3, ("mlet", 64, 2): [0.789] * 3}
+        for (emb, k, d), aucs in runs.items():
+            for seed, auc in enumerate(aucs):
+                write_record(root / f"{emb}-d{d}-s{seed}" / "record.json", _record("m", emb, k, d, seed, auc))
+        r = _row(build_report([root], tmp_path / f"report_{name}", plots=False)["dim_reduction"], k=64)
+        assert (r["mlet_dim"], r["factor"], r["single_dim"], r["beats_single"]) == (2, 8, 16, beats)
+        if beats:
+            assert r["note"] == ""
+        else:
+            assert r["note"] == ("within noise: single-layer d=2 is 0.7850 ± 0.0050, less than one seed std "
+                                 "below the target")
+            assert "| ds | 1/1 | 0/1 | 8x | 8.00x |" in (tmp_path / f"report_{name}" / "report.md").read_text()
+
+
 def test_mlet_reaching_the_reference_only_at_the_reference_d_is_no_reduction(records_dir, tmp_path):
     # reference d = 4 for m1: single 0.71, which MLET k=64 reaches first at d=4, the reference d itself
     res = build_report([records_dir], tmp_path / "ref4", reference_dim=4, plots=False)
