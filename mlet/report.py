@@ -893,7 +893,7 @@ def tuning_section(rep: Report) -> Section | None:
             "those runs. Edge: the tuned keys whose chosen value is the smallest or largest value that arm "
             "tried (the optimum may lie outside the grid).", ""]
     rows = [[*rep.cells(r), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
-             *(str(r[k]) for k in keys), _fmt(r["val_auc_mean"]), int(r["seeds"]), r["edge"] or "no"]
+             *(_cell(r[k]) for k in keys), _fmt(r["val_auc_mean"]), int(r["seeds"]), r["edge"] or "no"]
             for _, r in choice.iterrows()]
     body += [markdown_table([*by, "data", "model", "embedding", "k", "d", *keys, "val AUC", "seeds", "edge"], rows),
              ""]
@@ -901,7 +901,7 @@ def tuning_section(rep: Report) -> Section | None:
     body += [f"{edges} of {len(choice)} arms chose a setting on the edge of the grid.", "",
              "Every setting tried:", ""]
     rows = [[*rep.cells(r), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
-             *(str(r[k]) for k in keys), _fmt(r["val_auc_mean"]), int(r["seeds"]), "**chosen**" if r["chosen"] else ""]
+             *(_cell(r[k]) for k in keys), _fmt(r["val_auc_mean"]), int(r["seeds"]), "**chosen**" if r["chosen"] else ""]
             for _, r in grid.iterrows()]
     body += [markdown_table([*by, "data", "model", "embedding", "k", "d", *keys, "val AUC", "seeds", ""], rows), ""]
     return Section(f"Tuning of {names} per arm", body)

@@ -575,6 +575,8 @@ def test_controls_table_gives_the_gain_with_each_group_of_settings_tuned_or_held
     md = (tmp_path / "report" / "report.md").read_text()
     assert "## 2. How much of the gain survives each control" in md
     assert "| ds | m | mlet k=64 | 8 | +0.0500 | +0.0200 | +0.0300 | +0.0200 |" in md.replace("MLET", "mlet")
+    # a setting an arm does not have (table_init=uniform records no init_std) is "-" in the tuning tables
+    assert "| ds | m | single | - | 8 | 0.001 | - | 0.7200 | 2 |  |" in md and "nan" not in md
     assert (tmp_path / "report" / "controls.csv").is_file()
 
 
