@@ -148,12 +148,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # checked under the lock: a concurrent sweep may have just finished this job
         skip = ("running", held_elsewhere, None) if held_elsewhere else sweep.skip_reason(cfg, output_dir)
         if skip is not None:
-            status, reason, existing = skip
-            sweep.note_outcome(output_dir, status, reason)
-            if existing is not None:
-                log.info("finished run %s", summary_line(existing, output_dir))
-            previous = existing.to_json() if existing is not None else {}
-            return {**previous, "status": "skipped", "skipped": status, "skip_reason": reason}
+            return _skipped(output_dir, *skip)
         check_config(cfg)
         if sweep.in_multirun():
             log.info("job %s: started", output_dir.name)
@@ -163,6 +158,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         except KeyboardInterrupt:  # before or after fitting (Lightning handles it inside fit)
             _interrupted(output_dir)
             raise
+
+
+def _skipped(output_dir: Path, status: str, reason: str, existing: RunRecord | None) -> dict[str, Any]:
+    """Note a job that does not train, and return the record it stands on (if any) marked skipped."""
+    sweep.note_outcome(output_dir, status, reason)
+    if existing is not None:
+        log.info("finished run %s", summary_line(existing, Path(existing.path or output_dir)))
+    previous = existing.to_json() if existing is not None else {}
+    return {**previous, "status": "skipped", "skipped": status, "skip_reason": reason}
 
 
 def _interrupted(output_dir: Path) -> None:
@@ -215,10 +219,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = Fa
     if sweep.process_rank() == 0:
         same = sweep.same_model_as(cfg, output_dir, module.embedding.arm())
         if same is not None:  # a budget that chose the knob another budget's job already trained
-            reason, existing = same
-            sweep.note_outcome(output_dir, "duplicate", reason)
-            log.info("finished run %s", summary_line(existing, Path(existing.path or output_dir)))
-            return {**existing.to_json(), "status": "skipped", "skipped": "duplicate", "skip_reason": reason}
+            return _skipped(output_dir, "duplicate", *same)
         save_run_spec(output_dir, cfg, datamodule)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))

@@ -32,6 +32,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
@@ -264,13 +265,14 @@ def same_model_as(cfg: DictConfig, output_dir: Path, built: dict[str, Any]) -> t
     if budget is None or cls is None or not in_multirun():
         return None
 
-    def without_budget(name: str, value: Any) -> str:
+    def budget_part(value: Any) -> str:
         (part,) = [f"{key}{v}" for key, v in cls.name_parts({"budget": value})]
-        return name.replace(f"-{part}-", "-", 1)
+        return f"-{part}-"
 
-    mine = without_budget(output_dir.name, budget)
+    # only the directories named as this job but for the budget: their names say so, no record read
+    pattern = glob.escape(output_dir.name).replace(budget_part(budget), budget_part("*"), 1)
     resolved = {k: v for k, v in built.items() if k != "budget"}
-    for path in sorted(output_dir.parent.glob(f"*/{RECORD_NAME}")):
+    for path in sorted(output_dir.parent.glob(f"{pattern}/{RECORD_NAME}")):
         if path.parent == output_dir:
             continue
         try:
@@ -280,7 +282,7 @@ def same_model_as(cfg: DictConfig, output_dir: Path, built: dict[str, Any]) -> t
         theirs = other.arm.get("budget")
         if other.failed or theirs is None or theirs == budget:
             continue
-        if without_budget(path.parent.name, theirs) == mine and \
+        if path.parent.name == output_dir.name.replace(budget_part(budget), budget_part(theirs), 1) and \
                 {k: v for k, v in other.arm.items() if k != "budget"} == resolved:
             chosen = ", ".join(f"{k}={v}" for k, v in resolved.items() if k not in ("kind", "dim"))
             return (f"duplicate: embedding.budget={budget} chooses {chosen}, as budget={theirs} did; that job "
