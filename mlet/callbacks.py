@@ -251,6 +251,12 @@ class PhaseTimer(pl.Callback):
     saved in the checkpoints, so a resumed run counts the time before the interruption too (the
     batches redone after the last checkpoint count once). (Lightning's ``Timer`` callback keeps
     only the latest interval of each stage, and counts validation into training.)
+
+    The job's own totals, ``seconds`` (wall clock, preparation to record) and ``seconds_prepare``,
+    are summed over the processes of a resumed run the same way: the job hands each process's
+    start and preparation time to :meth:`begin_process`, the checkpoints carry the running sums
+    (an interrupted process counted up to its last checkpoint), and ``record_items`` gives the
+    totals.
     """
 
     def __init__(self) -> None:
@@ -258,6 +264,19 @@ class PhaseTimer(pl.Callback):
         self.train_samples = 0
         self._started: dict[str, float] = {}
         self._loaded: dict[str, Any] | None = None
+        # this process (wall-clock start, preparation seconds) and the processes before a resume
+        self._process: tuple[float, float] | None = None
+        self.earlier = {"wall": 0.0, "prepare": 0.0}
+
+    def begin_process(self, started: float, seconds_prepare: float) -> None:
+        """This process's wall-clock start (``time.time()``) and its preparation seconds."""
+        self._process = (started, seconds_prepare)
+
+    def _job_totals(self) -> dict[str, float]:
+        if self._process is None:
+            return {}
+        started, prepare = self._process
+        return {"wall": self.earlier["wall"] + time.time() - started, "prepare": self.earlier["prepare"] + prepare}
 
     def _start(self, phase: str) -> None:
         self._started[phase] = time.perf_counter()
@@ -299,7 +318,7 @@ class PhaseTimer(pl.Callback):
             self._stop(phase)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seconds": dict(self.seconds), "train_samples": self.train_samples}
+        return {"seconds": dict(self.seconds), "train_samples": self.train_samples, "job": self._job_totals()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._loaded = state_dict  # applied when a fit resumes, not when the best checkpoint is tested
@@ -309,13 +328,16 @@ class PhaseTimer(pl.Callback):
         if loaded:
             self.seconds.update(loaded.get("seconds", {}))
             self.train_samples = int(loaded.get("train_samples", 0))
+            self.earlier.update(loaded.get("job", {}))
 
     def samples_per_second(self) -> float | None:
         return self.train_samples / self.seconds["train"] if self.seconds["train"] > 0 else None
 
     def record_items(self) -> dict[str, Any]:
         rate = self.samples_per_second()
+        job = self._job_totals()
         return {
+            **({"seconds": round(job["wall"], 2), "seconds_prepare": round(job["prepare"], 3)} if job else {}),
             **{f"seconds_{phase}": round(s, 3) for phase, s in self.seconds.items()},
             "train_samples": self.train_samples,
             "train_samples_per_second": round(rate, 1) if rate is not None else None,

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mlet import resume, sweep
-from mlet.callbacks import LogProgress
+from mlet.callbacks import LogProgress, PhaseTimer
 from mlet.config_check import check_config
 from mlet.errors import MletError
 from mlet.module import CTRModule, init_model_
@@ -234,6 +234,9 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = Fa
 
     log.info("embedding: %s", module.embedding)
     seconds_prepare = time.time() - started
+    for cb in callbacks:  # a resumed run's totals add the earlier processes' (PhaseTimer keeps them)
+        if isinstance(cb, PhaseTimer):
+            cb.begin_process(started, seconds_prepare)
     if cfg.train:
         _fit(trainer, module, datamodule, _resume_from(cfg.ckpt_path, output_dir, retrain), output_dir)
     best = best_checkpoint_callback(trainer)
@@ -241,8 +244,7 @@ def _train(cfg: DictConfig, output_dir: Path, started: float, retrain: bool = Fa
     if cfg.test:
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt or None, verbose=False)
 
-    record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started)
-    record.seconds_prepare = round(seconds_prepare, 3)
+    record = make_record(cfg, module, trainer, ckpt, seconds=time.time() - started, seconds_prepare=seconds_prepare)
     drop_best = bool(ckpt) and cfg.get("keep_best_checkpoint", True) is False
     if drop_best:
         record.best_checkpoint = None
@@ -332,7 +334,8 @@ def quantization_summary(module: CTRModule, validation: dict[str, Any]) -> dict[
     }
 
 
-def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: str, seconds: float) -> RunRecord:
+def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: str, seconds: float,
+                seconds_prepare: float | None = None) -> RunRecord:
     emb = module.embedding
     # the model's weights and the first-order table (CTRNet.first_order) beside the embedding
     model_weights = [p for n, p in module.net.named_parameters() if not n.startswith("embedding.")]
@@ -376,7 +379,8 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "best_checkpoint": ckpt or None,
-        "seconds": round(seconds, 2),
+        "seconds": round(seconds, 2),  # this process's; PhaseTimer's record items give a resumed run's total
+        "seconds_prepare": round(seconds_prepare, 3) if seconds_prepare is not None else None,
         "device": str(trainer.strategy.root_device),
         "versions": {"torch": torch.__version__, "pytorch_lightning": pl.__version__},
         **extra,

@@ -139,6 +139,40 @@ def test_record_times_the_phases(falling_run):
                                                                rel=0.01)
 
 
+def test_phase_timer_carries_the_job_totals_across_a_resume():
+    from mlet.callbacks import PhaseTimer
+
+    first = PhaseTimer()
+    first.begin_process(time.time() - 100.0, 2.0)  # a process 100 s old, 2 s of it preparing
+    first.seconds["train"] = 50.0
+    state = first.state_dict()  # what its last checkpoint holds
+    assert state["job"]["wall"] == pytest.approx(100.0, abs=1.0) and state["job"]["prepare"] == 2.0
+    second = PhaseTimer()
+    second.load_state_dict(state)
+    second.on_fit_start(None, None)  # the resumed fit
+    second.begin_process(time.time() - 30.0, 3.0)
+    items = second.record_items()
+    assert items["seconds"] == pytest.approx(130.0, abs=1.0)
+    assert items["seconds_prepare"] == 5.0 and items["seconds_train"] == 50.0
+    assert "seconds" not in PhaseTimer().record_items()  # no job around it: the job's own figure stands
+
+
+def test_a_resumed_runs_record_times_every_process(tmp_path):
+    """A run stopped after its last checkpoint (record not yet written) and continued: its ``seconds``
+    and ``seconds_prepare`` include the first process, as ``seconds_train`` does."""
+    cfg = compose_cfg([*TINY, "trainer.max_epochs=4", "callbacks.early_stopping.patience=10"], tmp_path)
+    first = run(cfg)
+    assert first["status"] == "completed"
+    (tmp_path / "record.json").unlink()  # as if killed after the last checkpoint
+    cfg = compose_cfg([*TINY, "trainer.max_epochs=5", "callbacks.early_stopping.patience=10"], tmp_path)
+    record = run(cfg)
+    assert record["epochs"] == 5 and record["seconds_train"] > first["seconds_train"]
+    phases = sum(record[f"seconds_{p}"] for p in ("prepare", "train", "validate", "test"))
+    assert record["seconds"] >= phases, record  # one process's wall clock would hold one epoch of five
+    assert record["seconds"] > first["seconds_train"] + first["seconds_validate"]
+    assert record["seconds_prepare"] > first["seconds_prepare"]
+
+
 # ---- the same command continues a run; ckpt_path restores a run's config -----------------------
 MLET_TRAIN = str(Path(sys.executable).parent / "mlet-train")
 # ~75 steps an epoch: slow enough to interrupt between two epochs' checkpoints
