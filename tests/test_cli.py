@@ -4,6 +4,8 @@ outside the repository), the one error policy (mlet.cli), and what a failed run 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +102,25 @@ def test_help_of_every_command_from_outside_the_repository(name, tmp_path):
     expected = {"mlet-train": "== Configuration groups ==", "mlet-prepare": "== Configuration groups =="}
     assert expected.get(name, f"usage: {name}") in proc.stdout
     assert list(tmp_path.iterdir()) == []  # --help writes nothing
+
+
+
+@pytest.mark.slow  # starts processes
+def test_every_command_from_a_new_shell_after_activating_the_venv(tmp_path):
+    """README: in a new shell, `. .venv/bin/activate`, then the commands by name from any directory."""
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "activate").is_file():
+        pytest.skip("the tests do not run in a virtual environment")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                           if p and Path(p).resolve() != (venv / "bin").resolve())  # a shell without the venv
+    line = f". {shlex.quote(str(venv / 'bin' / 'activate'))} && cd {shlex.quote(str(tmp_path))} && " + " && ".join(
+        f"{name} --help > /dev/null" for name in SCRIPTS)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    proc = subprocess.run(["bash", "-c", line], env={**env, "PATH": path}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "command not found" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- one error policy --------------------------------------------------------------------------
