@@ -93,7 +93,8 @@ _KIND_NAMES = {"mlet": "MLET", "single": "single-layer"}  # prose names that dif
 
 def kind_name(kind) -> str:
     """An embedding kind in prose: ``mlet`` -> ``MLET``, any other kind as the record names it."""
-    return _KIND_NAMES.get(kind, str(kind))
+    base, plus, quantized = str(kind).partition("+")  # a quantised method: "mlet+int8" -> "MLET+int8"
+    return _KIND_NAMES.get(base, base) + plus + quantized
 
 
 def arm_label(kind, k) -> str:
@@ -739,6 +740,8 @@ class Line:
     y: Sequence
     err: Sequence | None = None
     style: str = "method"
+    color: int | str | None = None  # a "method" line's colour: a tab10 index or a name (None: the next colour)
+    variant: bool = False  # a variant of the method of the same colour (its quantised form): dashed, open markers
 
 
 @dataclass
@@ -763,11 +766,16 @@ def _plt():
     return plt
 
 
+LEGEND_INSIDE = 8  # a one-panel plot with more labelled curves puts its legend beside the axes
+
+
 def plot(path: Path, panels: Sequence[Panel], title: str = "", sharey: bool = False) -> Path:
     """Draw ``panels`` side by side into the PNG ``path`` (the one plotting helper of the report)."""
     plt = _plt()
     n = len(panels)
-    size = (6, 4) if n == 1 else (3.2 * n + 1, 3.6)
+    # more curves than a corner holds: the legend goes right of the axes, on a wider figure
+    outside = n == 1 and sum(1 for line in panels[0].lines if line.label) > LEGEND_INSIDE
+    size = (9, 4.5) if outside else (6, 4) if n == 1 else (3.2 * n + 1, 3.6)
     fig, axes = plt.subplots(1, n, figsize=size, squeeze=False, sharey=sharey)
     for ax, panel in zip(axes[0], panels):
         for line in panel.lines:
@@ -786,8 +794,12 @@ def plot(path: Path, panels: Sequence[Panel], title: str = "", sharey: bool = Fa
             else:
                 ref = line.style == "reference"
                 err = None if line.err is None else pd.Series(line.err, dtype=float).fillna(0).to_numpy()
-                ax.errorbar(line.x, line.y, yerr=err, marker="o", capsize=3, label=line.label,
-                            linestyle="--" if ref else "-", color="black" if ref else None)
+                color = "black" if ref else line.color
+                if isinstance(color, int):
+                    color = plt.get_cmap("tab10")(color % 10)
+                ax.errorbar(line.x, line.y, yerr=err, marker="o", capsize=3, label=line.label, color=color,
+                            linestyle="--" if ref or line.variant else "-",
+                            markerfacecolor="white" if line.variant else None)
         if panel.log2_x:
             ax.set_xscale("log", base=2)
         if panel.log_x:
@@ -802,7 +814,10 @@ def plot(path: Path, panels: Sequence[Panel], title: str = "", sharey: bool = Fa
     axes[0][0].set_ylabel(panels[0].ylabel)
     if n == 1:
         axes[0][0].set_title(" / ".join(t for t in (title, panels[0].title) if t))
-        axes[0][0].legend()
+        if outside:
+            axes[0][0].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
+        else:
+            axes[0][0].legend()
     else:
         axes[0][-1].legend(fontsize="small")
         fig.suptitle(title)
@@ -1015,10 +1030,14 @@ def bytes_section(rep: Report) -> Section | None:
 
     def draw(key, group):
         lines = []
+        # one colour per embedding type; its quantised forms ("hash+int8") in that colour, dashed
+        types = sorted({str(kind).split("+")[0] for kind in group["embedding"]} - {REFERENCE})
         for kind, series in group.groupby("embedding", sort=True):
             series = series.sort_values("inference_bytes")
+            base, _, quantized = str(kind).partition("+")
             lines.append(Line(kind_name(kind), series["inference_bytes"].tolist(), series["auc_mean"].tolist(),
-                              series["auc_std"].tolist(), "reference" if kind == REFERENCE else "method"))
+                              series["auc_std"].tolist(), "reference" if kind == REFERENCE else "method",
+                              color="black" if base == REFERENCE else types.index(base), variant=bool(quantized)))
         front = group[group["pareto"]].sort_values("inference_bytes")
         lines.append(Line("Pareto front", front["inference_bytes"].tolist(), front["auc_mean"].tolist(), style="front"))
         return [Panel(lines, "deployed embedding bytes", "test AUC (mean ± std over seeds)", log_x=True)], {

@@ -605,3 +605,36 @@ def test_only_early_stopping_among_the_default_callbacks_defines_an_experiment()
     callbacks = OmegaConf.load(str(files("mlet.conf") / "callbacks" / "default.yaml"))
     defining = {name for name in callbacks if not report._ignored(f"callbacks.{name}.x", report.NOT_EXPERIMENT)}
     assert defining == {"early_stopping"}
+
+
+# ---- the bytes plot: one colour per embedding type, its quantised form dashed ---------------------
+def test_a_quantised_method_is_drawn_in_its_types_colour_dashed_and_a_crowded_legend_moves_outside(
+        tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    for emb, quantize, nbytes, auc in (("single", None, 4000, 0.70), ("single", "int8", 1250, 0.70),
+                                       ("hash", None, 400, 0.69), ("hash", "int8", 125, 0.69),
+                                       ("mlet", None, 4000, 0.72), ("mlet", "int8", 1250, 0.72)):
+        name = f"{emb}-{quantize}"
+        write_record(root / name / "record.json",
+                     {**_record("m", emb, 64 if emb == "mlet" else None, 16, 0, auc, quantize=quantize,
+                                inference_bytes=nbytes), "config": _config(16, None, 0, quantize=quantize or "none")})
+    drawn = {}
+    real_plot = report.plot
+
+    def recording_plot(path, panels, **options):
+        drawn[Path(path).name] = {line.label: line for p in panels for line in p.lines}
+        return real_plot(path, panels, **options)
+
+    monkeypatch.setattr(report, "plot", recording_plot)
+    build_report([root], tmp_path / "report")
+    lines = drawn["auc_vs_bytes_ds_m.png"]
+    assert lines["hash+int8"].color == lines["hash"].color != lines["MLET"].color == lines["MLET+int8"].color
+    assert (lines["hash"].variant, lines["hash+int8"].variant, lines["MLET+int8"].variant) == (False, True, True)
+    assert lines["single-layer+int8"].color == "black" and lines["single-layer"].style == "reference"
+    # six curves and the front: the legend stays in the corner; past LEGEND_INSIDE it goes beside the axes
+    from PIL import Image
+
+    assert Image.open(tmp_path / "report" / "auc_vs_bytes_ds_m.png").size == (720, 480)
+    many = [report.Line(f"m{i}", [1, 2], [0.5, 0.6]) for i in range(report.LEGEND_INSIDE + 1)]
+    wide = report.plot(tmp_path / "wide.png", [report.Panel(many, "x", "y")])
+    assert Image.open(wide).size == (1080, 540)
