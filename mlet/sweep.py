@@ -16,7 +16,7 @@
   (``config_problem``: MLET with ``inner_dim < dim``) is skipped as invalid (a single run with it
   still fails with the embedding's error). A job whose ``embedding.budget`` chooses the same knob as
   another budget's finished job (``same_model_as``: asked once the embedding is built) is skipped as
-  a duplicate of it.
+  a duplicate of it; when that job is still training (a parallel launcher), this one waits for it.
 * A job that fails inside a multirun does not stop the sweep: its error is logged (with the
   traceback when it is not a config or input error), the outcome ``failed`` is noted, and the
   other jobs go on. Its ``record.json`` says ``status: failed`` (mlet.train): started again, the
@@ -259,6 +259,8 @@ def same_model_as(cfg: DictConfig, output_dir: Path, built: dict[str, Any]) -> t
     budget part (same data, model, type, d, other arm keys, seed and override hash) and whose record
     holds the same arm but for the budget is that model. Asked after the embedding is built (the
     knob needs the data's cardinalities); in a multirun only, where the siblings are one sweep's.
+    A sibling still training that model (its lock announces the arm, ``announce_arm``, earlier than
+    this job's) is waited for: with a parallel launcher the two budgets' jobs can run at once.
     """
     budget = built.get("budget")
     cls, _ = embedding_type(cfg)
@@ -271,23 +273,76 @@ def same_model_as(cfg: DictConfig, output_dir: Path, built: dict[str, Any]) -> t
 
     # only the directories named as this job but for the budget: their names say so, no record read
     pattern = glob.escape(output_dir.name).replace(budget_part(budget), budget_part("*"), 1)
-    resolved = {k: v for k, v in built.items() if k != "budget"}
-    for path in sorted(output_dir.parent.glob(f"{pattern}/{RECORD_NAME}")):
-        if path.parent == output_dir:
-            continue
-        try:
-            other = read_record(path)
-        except (ValueError, OSError):
-            continue
-        theirs = other.arm.get("budget")
-        if other.failed or theirs is None or theirs == budget:
-            continue
-        if path.parent.name == output_dir.name.replace(budget_part(budget), budget_part(theirs), 1) and \
-                {k: v for k, v in other.arm.items() if k != "budget"} == resolved:
-            chosen = ", ".join(f"{k}={v}" for k, v in resolved.items() if k not in ("kind", "dim"))
-            return (f"duplicate: embedding.budget={budget} chooses {chosen}, as budget={theirs} did; that job "
-                    f"trained this model: {path}"), other
-    return None
+    resolved = _json_value({k: v for k, v in built.items() if k != "budget"})
+
+    def same_arm(arm: dict[str, Any], path: Path) -> bool:
+        theirs = arm.get("budget")
+        return theirs is not None and theirs != budget and \
+            path.name == output_dir.name.replace(budget_part(budget), budget_part(theirs), 1) and \
+            _json_value({k: v for k, v in arm.items() if k != "budget"}) == resolved
+
+    mine = announce_arm(output_dir, built)
+    while True:
+        training = None
+        for sibling in sorted(output_dir.parent.glob(pattern)):
+            if sibling == output_dir:
+                continue
+            try:
+                other = read_record(sibling / RECORD_NAME) if (sibling / RECORD_NAME).is_file() else None
+            except (ValueError, OSError):
+                other = None
+            if other is not None and not other.failed and same_arm(other.arm, sibling):
+                chosen = ", ".join(f"{k}={v}" for k, v in resolved.items() if k not in ("kind", "dim"))
+                return (f"duplicate: embedding.budget={budget} chooses {chosen}, as budget={other.arm['budget']} "
+                        f"did; that job trained this model: {sibling / RECORD_NAME}"), other
+            holder = _lock_holder(sibling)
+            # a sibling that announced the same model before this job did is training it now (two jobs
+            # of a parallel launcher): wait for its record rather than train the model twice
+            if holder is not None and isinstance(holder.get("arm"), dict) and same_arm(holder["arm"], sibling) \
+                    and (holder.get("announced", 0.0), sibling.name) < (mine, output_dir.name):
+                training = sibling
+        if training is None:
+            return None
+        log.info("job %s: waiting for %s, which builds the same model and is training it (delete its %s if "
+                 "that run is gone)", output_dir.name, training.name, LOCK_NAME)
+        time.sleep(WAIT_SECONDS)
+
+
+WAIT_SECONDS = 10.0  # how often a job waiting for a sibling's record looks again
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as it reads back from JSON (records and lock files hold arms as JSON)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _lock_holder(job_dir: Path) -> dict[str, Any] | None:
+    """What the lock of ``job_dir`` says while a live process holds it (None: no lock, or its process
+    on this host is gone)."""
+    try:
+        holder = json.loads((job_dir / LOCK_NAME).read_text() or "{}")
+    except (OSError, ValueError):
+        return None
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+        return None
+    return holder
+
+
+def announce_arm(output_dir: Path, built: dict[str, Any]) -> float:
+    """Write the model this job has built into its lock (``<dir>/.running``) and return the time of
+    that announcement: a sibling budget job that builds the same model later waits for this job's
+    record (``same_model_as``) instead of training it at the same time. Without a lock (a job not
+    run by ``mlet.job.run``) nothing is written."""
+    now = time.time()
+    lock = output_dir / LOCK_NAME
+    try:
+        holder = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return now
+    tmp = lock.with_name(f"{LOCK_NAME}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**holder, "arm": _json_value(built), "announced": now}))
+    os.replace(tmp, lock)  # the lock stays held throughout: replaced in one step, never absent
+    return now
 
 
 LOCK_NAME = ".running"

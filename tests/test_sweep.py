@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 from hydra.core.hydra_config import HydraConfig
@@ -114,6 +120,60 @@ def test_a_budget_that_chooses_what_another_budget_trained_is_a_duplicate(tmp_pa
         assert sweep.same_model_as(cfg, mine, built) is None, other_name
         target.unlink()
         write_record(sibling / "record.json", {"arm": {**built, "budget": 0.0625}, "val_auc": 0.7})
+
+
+def _hold(job_dir, pid=None, **extra):
+    job_dir.mkdir(parents=True, exist_ok=True)
+    lock = {"host": socket.gethostname(), "pid": pid or os.getpid(), "time": time.time(), **extra}
+    (job_dir / sweep.LOCK_NAME).write_text(json.dumps(lock))
+
+
+def test_a_budget_whose_model_a_sibling_is_training_waits_for_its_record(tmp_path, monkeypatch, caplog):
+    # two parallel jobs: budget 0.0625 built alpha=0.9 first and trains; 0.015625 builds the same
+    sweep_dir = tmp_path / "sweep"
+    cfg = compose_cfg(["embedding=mixed_dim", "embedding.dim=4", "embedding.budget=0.015625"], tmp_path / "job")
+    cfg = _multirun(cfg, sweep_dir)
+    built = {"kind": "mixed_dim", "dim": 4, "budget": 0.015625, "alpha": 0.9}
+    mine = sweep_dir / sweep.job_dir_name(cfg)
+    sibling = sweep_dir / mine.name.replace("-b0.015625-", "-b0.0625-")
+    monkeypatch.setattr(sweep, "WAIT_SECONDS", 0.05)
+    theirs = {**built, "budget": 0.0625}
+
+    def finish(record, after=0.3):
+        time.sleep(after)
+        write_record(sibling / "record.json", record)
+        (sibling / sweep.LOCK_NAME).unlink()
+
+    _hold(mine)
+    _hold(sibling, arm=theirs, announced=time.time() - 1)
+    done = threading.Thread(target=finish, args=({"arm": theirs, "val_auc": 0.7},))
+    started = time.time()
+    done.start()
+    reason, existing = sweep.same_model_as(cfg, mine, built)
+    done.join()
+    assert time.time() - started >= 0.3 and existing.val_auc == 0.7 and "as budget=0.0625 did" in reason
+    assert json.loads((mine / sweep.LOCK_NAME).read_text())["arm"] == built  # announced for the others
+
+    # its run failed: this job trains the model itself
+    (sibling / "record.json").unlink()
+    _hold(sibling, arm=theirs, announced=time.time() - 1)
+    done = threading.Thread(target=finish, args=({"arm": theirs, "status": "failed", "error": "x"},))
+    done.start()
+    assert sweep.same_model_as(cfg, mine, built) is None
+    done.join()
+    (sibling / "record.json").unlink()
+
+    # no wait for a sibling that announced after this job (it waits for us), that builds another
+    # model, or whose process is gone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for lock in ({"arm": theirs, "announced": time.time() + 60}, {"arm": {**theirs, "alpha": 1.2}, "announced": 0.0},
+                 {"arm": theirs, "announced": 0.0, "pid": dead.pid}):
+        _hold(sibling, **lock)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="mlet.sweep"):
+            assert sweep.same_model_as(cfg, mine, built) is None, lock
+        assert "waiting for" not in caplog.text, lock
 
 
 @pytest.mark.slow  # starts processes
