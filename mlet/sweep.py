@@ -281,7 +281,7 @@ def same_model_as(cfg: DictConfig, output_dir: Path, built: dict[str, Any]) -> t
             path.name == output_dir.name.replace(budget_part(budget), budget_part(theirs), 1) and \
             _json_value({k: v for k, v in arm.items() if k != "budget"}) == resolved
 
-    mine = announce_arm(output_dir, built)
+    mine, waiting_for = announce_arm(output_dir, built), None
     while True:
         training = None
         for sibling in sorted(output_dir.parent.glob(pattern)):
@@ -303,8 +303,10 @@ def same_model_as(cfg: DictConfig, output_dir: Path, built: dict[str, Any]) -> t
                 training = sibling
         if training is None:
             return None
-        log.info("job %s: waiting for %s, which builds the same model and is training it (delete its %s if "
-                 "that run is gone)", output_dir.name, training.name, LOCK_NAME)
+        if training != waiting_for:
+            log.info("job %s: waiting for %s, which builds the same model and is training it (delete its %s if "
+                     "that run is gone)", output_dir.name, training.name, LOCK_NAME)
+            waiting_for = training
         time.sleep(WAIT_SECONDS)
 
 
