@@ -325,9 +325,7 @@ def _lock_holder(job_dir: Path) -> dict[str, Any] | None:
         holder = json.loads((job_dir / LOCK_NAME).read_text() or "{}")
     except (OSError, ValueError):
         return None
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-        return None
-    return holder
+    return None if _stale(holder) else holder
 
 
 def announce_arm(output_dir: Path, built: dict[str, Any]) -> float:
@@ -368,6 +366,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _stale(holder: dict[str, Any]) -> bool:
+    """A lock's holder is a process of this host that is gone."""
+    return holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) and \
+        not _alive(holder["pid"])
+
+
 @contextlib.contextmanager
 def job_lock(output_dir: Path):
     """Yields ``None`` when this process holds the job directory, else why it may not.
@@ -388,7 +392,7 @@ def job_lock(output_dir: Path):
                 holder = json.loads(lock.read_text() or "{}")
             except (OSError, ValueError):
                 holder = {}
-            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+            if _stale(holder):
                 lock.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             yield (f"running elsewhere: {output_dir} is held by pid {holder.get('pid')} on "
