@@ -197,6 +197,24 @@ def test_budgets_that_resolve_to_one_model_train_it_once(tmp_path):
         assert "1 skipped (duplicate)" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # starts processes
+def test_budgets_that_resolve_to_one_model_train_it_once_when_their_jobs_run_at_once(tmp_path):
+    """With two jobs at a time both budgets build alpha 0.9 together: whichever announces it first
+    trains; the other waits for that record and is skipped as its duplicate."""
+    tiny = [o for o in TINY if not o.startswith("embedding.inner_dim")]
+    # enough rows that the first job is still training when the second has built its embedding
+    proc = run_cli(["-m", *tiny, "data.rows=200000", "trainer.max_epochs=2", "embedding=mixed_dim",
+                    "embedding.budget=0.0625,0.015625", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outcomes = {o["status"]: o for o in map(json.loads, (tmp_path / "sweep" / "sweep_jobs.jsonl").read_text().splitlines())}
+    assert sorted(outcomes) == ["duplicate", "trained"]
+    trained = tmp_path / "sweep" / outcomes["trained"]["job"] / "record.json"
+    assert json.loads(trained.read_text())["arm"]["alpha"] == 0.9
+    assert str(trained) in outcomes["duplicate"]["reason"]
+    assert not (tmp_path / "sweep" / outcomes["duplicate"]["job"] / "record.json").exists()
+
+
 def test_run_skips_a_finished_job_unless_forced(tmp_path, caplog):
     cfg = compose_cfg([*TINY, "trainer.max_epochs=1"], tmp_path)
     first = run(cfg)
