@@ -897,6 +897,16 @@ class Section:
     body: list[str]
 
 
+def _arm_cells(frame: pd.DataFrame) -> tuple[list[str], Callable[[Any], list]]:
+    """Header and cells naming an arm in a table: embedding and k, plus the method's label where some
+    label says more than those two (its knobs: ``hash budget=0.0625 buckets=763``), so that arms of
+    one embedding type that differ only in a knob are told apart."""
+    labelled = "label" in frame and any(str(r["label"]) != arm_label(r["embedding"], r["k"])
+                                        for _, r in frame.iterrows())
+    head = ["embedding", *(["method"] if labelled else []), "k"]
+    return head, lambda r: [r["embedding"], *([r["label"]] if labelled else []), _k(r["k"])]
+
+
 def tuning_section(rep: Report) -> Section | None:
     if not rep.tune:
         return None
@@ -907,18 +917,18 @@ def tuning_section(rep: Report) -> Section | None:
             "chosen by mean validation AUC over seeds (test AUC plays no part); every table below uses only "
             "those runs. Edge: the tuned keys whose chosen value is the smallest or largest value that arm "
             "tried (the optimum may lie outside the grid).", ""]
-    rows = [[*rep.cells(r), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
+    head, arm = _arm_cells(grid)
+    rows = [[*rep.cells(r), r["data"], r["model"], *arm(r), int(r["dim"]),
              *(_cell(r[k]) for k in keys), _fmt(r["val_auc_mean"]), int(r["seeds"]), r["edge"] or "no"]
             for _, r in choice.iterrows()]
-    body += [markdown_table([*by, "data", "model", "embedding", "k", "d", *keys, "val AUC", "seeds", "edge"], rows),
-             ""]
+    body += [markdown_table([*by, "data", "model", *head, "d", *keys, "val AUC", "seeds", "edge"], rows), ""]
     edges = int((choice["edge"] != "").sum())
     body += [f"{edges} of {len(choice)} arms chose a setting on the edge of the grid.", "",
              "Every setting tried:", ""]
-    rows = [[*rep.cells(r), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
+    rows = [[*rep.cells(r), r["data"], r["model"], *arm(r), int(r["dim"]),
              *(_cell(r[k]) for k in keys), _fmt(r["val_auc_mean"]), int(r["seeds"]), "**chosen**" if r["chosen"] else ""]
             for _, r in grid.iterrows()]
-    body += [markdown_table([*by, "data", "model", "embedding", "k", "d", *keys, "val AUC", "seeds", ""], rows), ""]
+    body += [markdown_table([*by, "data", "model", *head, "d", *keys, "val AUC", "seeds", ""], rows), ""]
     return Section(f"Tuning of {names} per arm", body)
 
 
@@ -955,12 +965,12 @@ def _signed(value) -> str:
 def auc_section(rep: Report) -> Section:
     table = rep.table("auc_vs_dim", auc_vs_dim(rep.runs, rep.by))
     max_seeds = int(table["seeds"].max()) if not table.empty else 0
-    rows = [[*rep.cells(r), r["data"], r["model"], r["embedding"], _k(r["k"]), int(r["dim"]),
+    head, arm = _arm_cells(table)
+    rows = [[*rep.cells(r), r["data"], r["model"], *arm(r), int(r["dim"]),
              _pm(r["auc_mean"], r["auc_std"]), _pm(r["logloss_mean"], r["logloss_std"]),
              f"{int(r['seeds'])}" + ("" if r["seeds"] == max_seeds else " (missing seeds)")]
             for _, r in table.iterrows()]
-    body = [markdown_table([*rep.by, "data", "model", "embedding", "k", "d", "test AUC", "test logloss", "seeds"],
-                           rows), ""]
+    body = [markdown_table([*rep.by, "data", "model", *head, "d", "test AUC", "test logloss", "seeds"], rows), ""]
 
     def draw(key, group):
         return [Panel(_method_lines(group, "dim", "auc_mean", "auc_std"), "embedding dimension d",

@@ -638,3 +638,27 @@ def test_a_quantised_method_is_drawn_in_its_types_colour_dashed_and_a_crowded_le
     many = [report.Line(f"m{i}", [1, 2], [0.5, 0.6]) for i in range(report.LEGEND_INSIDE + 1)]
     wide = report.plot(tmp_path / "wide.png", [report.Panel(many, "x", "y")])
     assert Image.open(wide).size == (1080, 540)
+
+
+def test_arms_of_one_type_that_differ_in_a_knob_are_named_by_their_label_in_the_tables(tmp_path):
+    # two hashed arms at d = 16 (buckets 146 and 763) and single-layer: without the label the tuning and
+    # AUC tables would show two identical "hash | - | 16" rows
+    root = tmp_path / "runs"
+    for name, emb, label, auc in (("s", "single", "single", 0.70), ("h1", "hash", "hash buckets=146", 0.69),
+                                  ("h2", "hash", "hash buckets=763", 0.71)):
+        for lr in (0.001, 0.01):
+            write_record(root / f"{name}-{lr}" / "record.json",
+                         {**_record("m", emb, None, 16, 0, auc + (lr == 0.01) / 100, label=label,
+                                    arm={"kind": emb, "dim": 16, "buckets": name}),
+                          "config": _config(16, None, 0, optimizer__lr=lr, embedding__buckets=name)})
+    build_report([root], tmp_path / "report", plots=False, tune="optimizer.lr", ignore=["embedding.buckets"])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| data | model | embedding | method | k | d | optimizer.lr | val AUC | seeds | edge |" in md
+    assert "| ds | m | hash | hash buckets=763 | - | 16 | 0.01 | 0.7200 | 1 |" in md
+    assert "| ds | m | hash | hash buckets=146 | - | 16 | 0.7000 |" in md  # the AUC table, at the chosen lr
+    # arms whose label says no more than embedding and k keep the shorter tables
+    plain = tmp_path / "plain"
+    for lr in (0.001, 0.01):
+        _run(plain, f"m-{lr}", "mlet", 64, 4, 0, 0.7, optimizer__lr=lr)
+    build_report([plain], tmp_path / "r2", plots=False, tune="optimizer.lr")
+    assert "| data | model | embedding | k | d | optimizer.lr |" in (tmp_path / "r2" / "report.md").read_text()
