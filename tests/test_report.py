@@ -414,6 +414,19 @@ def test_unknown_by_key_is_a_one_line_error(tmp_path):
                                    "has this key")
 
 
+@pytest.fixture
+def drawn_lines(monkeypatch):
+    """``{png name: {label: Line}}`` of every plot the report draws (it still draws them)."""
+    drawn, real_plot = {}, report.plot
+
+    def recording_plot(path, panels, **options):
+        drawn[Path(path).name] = {line.label: line for p in panels for line in p.lines}
+        return real_plot(path, panels, **options)
+
+    monkeypatch.setattr(report, "plot", recording_plot)
+    return drawn
+
+
 # ---- every embedding kind is its own method, labelled from the record --------------------------
 def test_arm_label_comes_from_kind_and_inner_dim():
     assert arm_label("single", float("nan")) == "single"
@@ -422,23 +435,15 @@ def test_arm_label_comes_from_kind_and_inner_dim():
     assert arm_label("hashed", float("nan")) == "hashed"
 
 
-def test_a_kind_other_than_mlet_is_its_own_method_in_every_table_and_plot(tmp_path, monkeypatch):
+def test_a_kind_other_than_mlet_is_its_own_method_in_every_table_and_plot(tmp_path, drawn_lines):
     # lowrank k=64 and mlet k=64 at the same d must not merge, nor be drawn as "mlet"
     root = tmp_path / "runs"
     for name, emb, k, d, auc in (("s4", "single", None, 4, 0.70), ("s16", "single", None, 16, 0.75),
                                  ("m4", "mlet", 64, 4, 0.76), ("l4", "lowrank", 64, 4, 0.60),
                                  ("l16", "lowrank", 64, 16, 0.74), ("m16", "mlet", 64, 16, 0.78)):
         _run(root, name, emb, k, d, 0, auc, buckets=None)
-    labels = []
-    real_plot = report.plot
-
-    def recording_plot(path, panels, **options):
-        labels.append((Path(path).name, sorted(line.label for p in panels for line in p.lines)))
-        return real_plot(path, panels, **options)
-
-    monkeypatch.setattr(report, "plot", recording_plot)
     res = build_report([root], tmp_path / "report")
-    assert ("auc_vs_dim_ds_m.png", ["lowrank k=64", "mlet k=64", "single"]) in labels
+    assert sorted(drawn_lines["auc_vs_dim_ds_m.png"]) == ["lowrank k=64", "mlet k=64", "single"]
     red = res["dim_reduction"].set_index("embedding")
     assert red.loc["mlet", "mlet_dim"] == 4 and red.loc["mlet", "factor"] == 4
     assert red.loc["lowrank", "mlet_dim"] == "never" and red.loc["lowrank", "note"] == "best lowrank AUC 0.7400"
@@ -609,7 +614,7 @@ def test_only_early_stopping_among_the_default_callbacks_defines_an_experiment()
 
 # ---- the bytes plot: one colour per embedding type, its quantised form dashed ---------------------
 def test_a_quantised_method_is_drawn_in_its_types_colour_dashed_and_a_crowded_legend_moves_outside(
-        tmp_path, monkeypatch):
+        tmp_path, drawn_lines):
     root = tmp_path / "runs"
     for emb, quantize, nbytes, auc in (("single", None, 4000, 0.70), ("single", "int8", 1250, 0.70),
                                        ("hash", None, 400, 0.69), ("hash", "int8", 125, 0.69),
@@ -618,16 +623,8 @@ def test_a_quantised_method_is_drawn_in_its_types_colour_dashed_and_a_crowded_le
         write_record(root / name / "record.json",
                      {**_record("m", emb, 64 if emb == "mlet" else None, 16, 0, auc, quantize=quantize,
                                 inference_bytes=nbytes), "config": _config(16, None, 0, quantize=quantize or "none")})
-    drawn = {}
-    real_plot = report.plot
-
-    def recording_plot(path, panels, **options):
-        drawn[Path(path).name] = {line.label: line for p in panels for line in p.lines}
-        return real_plot(path, panels, **options)
-
-    monkeypatch.setattr(report, "plot", recording_plot)
     build_report([root], tmp_path / "report")
-    lines = drawn["auc_vs_bytes_ds_m.png"]
+    lines = drawn_lines["auc_vs_bytes_ds_m.png"]
     assert lines["hash+int8"].color == lines["hash"].color != lines["MLET"].color == lines["MLET+int8"].color
     assert (lines["hash"].variant, lines["hash+int8"].variant, lines["MLET+int8"].variant) == (False, True, True)
     assert lines["single-layer+int8"].color == "black" and lines["single-layer"].style == "reference"
