@@ -91,10 +91,17 @@ _METRICS = ["test_auc", "test_logloss", "val_auc", "effective_rank_mean", "infer
 _KIND_NAMES = {"mlet": "MLET", "single": "single-layer"}  # prose names that differ from the kind
 
 
+def split_kind(kind) -> tuple[str, str]:
+    """A method's embedding type and quantisation: ``"hash+int8"`` -> ``("hash", "int8")``, ``"hash"`` -> ``("hash", "")``."""
+    base, _, quantized = str(kind).partition("+")
+    return base, quantized
+
+
 def kind_name(kind) -> str:
-    """An embedding kind in prose: ``mlet`` -> ``MLET``, any other kind as the record names it."""
-    base, plus, quantized = str(kind).partition("+")  # a quantised method: "mlet+int8" -> "MLET+int8"
-    return _KIND_NAMES.get(base, base) + plus + quantized
+    """An embedding kind in prose: ``mlet`` -> ``MLET`` (``mlet+int8`` -> ``MLET+int8``), any other kind as
+    the record names it."""
+    base, quantized = split_kind(kind)
+    return _KIND_NAMES.get(base, base) + (f"+{quantized}" if quantized else "")
 
 
 def arm_label(kind, k) -> str:
@@ -1041,10 +1048,10 @@ def bytes_section(rep: Report) -> Section | None:
     def draw(key, group):
         lines = []
         # one colour per embedding type; its quantised forms ("hash+int8") in that colour, dashed
-        types = sorted({str(kind).split("+")[0] for kind in group["embedding"]} - {REFERENCE})
+        types = sorted({split_kind(kind)[0] for kind in group["embedding"]} - {REFERENCE})
         for kind, series in group.groupby("embedding", sort=True):
             series = series.sort_values("inference_bytes")
-            base, _, quantized = str(kind).partition("+")
+            base, quantized = split_kind(kind)
             lines.append(Line(kind_name(kind), series["inference_bytes"].tolist(), series["auc_mean"].tolist(),
                               series["auc_std"].tolist(), "reference" if kind == REFERENCE else "method",
                               color="black" if base == REFERENCE else types.index(base), variant=bool(quantized)))
