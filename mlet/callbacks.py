@@ -433,7 +433,8 @@ class LogProgress(pl.Callback):
         if not history:
             return
         last = history[-1]
-        best = max(history, key=lambda h: h["val_auc"] if h["val_auc"] == h["val_auc"] else float("-inf"))
+        selection = getattr(pl_module, "selection_metric", "val_auc")  # what the best checkpoint watches
+        best = max(history, key=lambda h: h[selection] if h[selection] == h[selection] else float("-inf"))
         log.info(
             "epoch %d/%s validated: val_auc %.5f val_logloss %.5f (best %.5f, best_epoch=%d) | %s elapsed",
             last["epoch"] + 1, trainer.max_epochs if trainer.max_epochs not in (None, -1) else "-",

@@ -300,13 +300,14 @@ def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
     return monitored[0] if monitored else trainer.checkpoint_callback
 
 
-def validation_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+def validation_summary(history: list[dict[str, Any]], selection: str = "val_auc") -> dict[str, Any]:
     """Best and last validation epoch of a run's per-epoch history. Every un-prefixed figure is
-    the best epoch's (highest val AUC, the first on a tie, as the best checkpoint keeps it)."""
+    the best epoch's: the highest ``selection`` (the metric the best checkpoint watched,
+    :func:`mlet.module.selection_metric`), the first on a tie, as the checkpoint callback keeps it."""
     if not history:
         return {}
     def auc(h: dict[str, Any]) -> float:  # a missing or NaN AUC never wins
-        value = h.get("val_auc")
+        value = h.get(selection)
         return value if value is not None and value == value else float("-inf")
 
     best = max(history, key=auc)  # the first on a tie
@@ -320,17 +321,23 @@ def validation_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def quantization_summary(module: CTRModule, validation: dict[str, Any]) -> dict[str, Any]:
-    """With ``quantize`` set: the AUC and log loss of the unquantised deployed model at the best
-    epoch and on test, beside the quantised ones the record's ``val_auc`` / ``test_auc`` hold."""
+    """With ``quantize`` set: the unquantised deployed model of the same checkpoint (the network
+    training chose), its AUC and log loss at the best epoch and on test and its deployed sizes,
+    beside the quantised figures the record's ``val_auc``, ``test_auc``, ``inference_bytes`` and
+    ``model_bytes`` hold: what a ``quantize=none`` run of the same config and seed records
+    (``mlet-report`` reads it as that run)."""
     if module.quantize == "none":
         return {}
     best = next((h for h in validation.get("val_history", []) if h.get("epoch") == validation.get("best_epoch")), {})
     test = module.results.get("test", {})
+    unquantized_bytes = module.embedding.inference_bytes
     return {
         "val_auc_unquantized": best.get("val_auc_unquantized"),
         "val_logloss_unquantized": best.get("val_logloss_unquantized"),
         "test_auc_unquantized": test.get("test_auc_unquantized"),
         "test_logloss_unquantized": test.get("test_logloss_unquantized"),
+        "inference_bytes_unquantized": unquantized_bytes,
+        "model_bytes_unquantized": module.model_bytes - module.inference_bytes + unquantized_bytes,
     }
 
 
@@ -344,10 +351,10 @@ def make_record(cfg: DictConfig, module: CTRModule, trainer: pl.Trainer, ckpt: s
     callback = best_checkpoint_callback(trainer)
     best = callback.best_model_score if callback is not None else None
     test = module.results.get("test", {})
-    validation = validation_summary(module.results.get("val_history", []))
+    validation = validation_summary(module.results.get("val_history", []), module.selection_metric)
     if not validation:  # no validation in this process (train=false): what the checkpoint callback kept
-        validation = {"val_auc": float(best) if best is not None else val.get("val_auc"),
-                      "val_logloss": val.get("val_logloss")}
+        kept = float(best) if best is not None and module.selection_metric == "val_auc" else None
+        validation = {"val_auc": kept if kept is not None else val.get("val_auc"), "val_logloss": val.get("val_logloss")}
     extra = {}  # analyses from callbacks with record_items() (mlet.callbacks: buckets, spectrum, timing)
     for cb in trainer.callbacks:
         if callable(getattr(cb, "record_items", None)):

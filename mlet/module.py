@@ -92,6 +92,14 @@ class CTRNet(nn.Module):
             self.first_order.sparse = value
 
 
+def selection_metric(quantize: str) -> str:
+    """The logged metric training decisions watch (best checkpoint, early stopping, a plateau
+    scheduler): the validation AUC of the model as trained, i.e. unquantised. Post-training
+    quantisation is applied to the network training chose, as an inference server would; the
+    callbacks config reads it through ``${mlet.selection_metric:${quantize}}``."""
+    return "val_auc" if check_quantize(quantize) == "none" else "val_auc_unquantized"
+
+
 class CTRModule(pl.LightningModule):
     """Args:
     embedding: any :class:`FieldEmbedding`.
@@ -102,9 +110,9 @@ class CTRModule(pl.LightningModule):
         (a Hydra ``_partial_``) also works: it gets every parameter and the embedding is left as is.
         Default: SparseAdam(lr=1e-3) on the tables, Adam(lr=1e-3) on the rest (``optimizer=sparse_adam``).
     lr_scheduler: ``optimizer -> scheduler`` (a Hydra ``_partial_``, ``conf/lr_scheduler``) or None.
-        Stepped once per epoch after validation; a ``ReduceLROnPlateau`` watches ``val_auc`` (its
-        ``mode`` must be ``max``). It changes the learning rate of every parameter group, the
-        dense and the sparse optimiser's alike.
+        Stepped once per epoch after validation; a ``ReduceLROnPlateau`` watches the validation AUC
+        (:func:`selection_metric`; its ``mode`` must be ``max``). It changes the learning rate of
+        every parameter group, the dense and the sparse optimiser's alike.
     embedding_l2: L2 penalty on the embedding rows the batch looks up. Added to the batch's mean
         log loss: ``embedding_l2 / 2 * sum over the DISTINCT rows r looked up in the batch of
         ||e_r||^2``, with ``e_r`` the row of the collapsed table (single-layer ``W_r``; MLET
@@ -114,8 +122,12 @@ class CTRModule(pl.LightningModule):
         table each step, a dense gradient that a sparse optimiser cannot take). 0 disables it.
     quantize: ``none``, ``fp16``, ``int8`` or ``int4``: the deployed (collapsed) tables are
         quantised row-wise after training (:mod:`mlet.embeddings.quantize`). Validation and test
-        then score the quantised model (``val_auc``, ``test_auc``: checkpoint selection included)
-        and, in the same pass, the unquantised one (``*_auc_unquantized``, ``*_logloss_unquantized``).
+        score the quantised model (``val_auc``, ``test_auc``) and, in the same pass, the unquantised
+        one (``*_auc_unquantized``, ``*_logloss_unquantized``). Training itself never sees the
+        quantisation: the best checkpoint, early stopping and a plateau scheduler watch the
+        unquantised validation AUC (:func:`selection_metric`), so a quantised run trains exactly the
+        network a ``quantize=none`` run of the same config and seed trains, and its record holds both
+        deployed forms.
     """
 
     def __init__(
@@ -151,6 +163,10 @@ class CTRModule(pl.LightningModule):
     @property
     def embedding(self) -> FieldEmbedding:
         return self.net.embedding
+
+    @property
+    def selection_metric(self) -> str:
+        return selection_metric(self.quantize)
 
     def forward(self, dense: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
         return self.net(dense, cat)
@@ -204,8 +220,9 @@ class CTRModule(pl.LightningModule):
         scheduler = self.lr_scheduler_factory(optimizer)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler.mode != "max":
             raise ValueError(f"lr_scheduler.mode must be max (it watches val_auc), got {scheduler.mode!r}")
-        # Lightning steps it after each validation, with val_auc for a plateau scheduler
-        config = {"scheduler": scheduler, "interval": "epoch", "frequency": 1, "monitor": "val_auc", "strict": True}
+        # Lightning steps it after each validation, with the (unquantised) val AUC for a plateau scheduler
+        config = {"scheduler": scheduler, "interval": "epoch", "frequency": 1, "monitor": self.selection_metric,
+                  "strict": True}
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -4,7 +4,10 @@
 for a finished run, ``mlet.train`` for a failed one) and :func:`read_record` its one reader (the
 report, ``mlet.sweep.skip_reason``, ``mlet-export``). On disk it is one flat JSON object with
 ``record_version``; a file without it is version 1 (written before the arm and label were
-recorded) and still reads: its arm comes from ``embedding`` / ``dim`` / ``inner_dim``.
+recorded) and still reads: its arm comes from ``embedding`` / ``dim`` / ``inner_dim``. Version 3:
+a quantised run (``quantize`` not none) chose its checkpoint on the unquantised validation AUC (in
+version 2 on the quantised one) and holds the unquantised deployed sizes, so it records both forms
+of one trained network (``mlet-report`` reads the unquantised form as a ``quantize=none`` run).
 
 A record exists only once its run has finished and its file is complete (written to a temporary
 file, flushed to disk, then renamed), so a sweep can trust any record it finds. Write errors
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 RECORD_NAME = "record.json"
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 STATUSES = ("completed", "failed")
 
 
@@ -62,13 +65,16 @@ class RunRecord:
     embedding_train_bytes: int | None = None
     inference_bytes: int | None = None  # the deployed embedding (FieldEmbedding.inference_bytes)
     model_bytes: int | None = None  # the whole deployed model: inference_bytes + the network's parameters
-    # ---- quantisation of the deployed tables (quantize=...): val_auc/test_auc above score the
-    # quantised model; these the same checkpoint unquantised (set only when quantize is not none)
+    # ---- quantisation of the deployed tables (quantize=...): val_auc/test_auc and the bytes above
+    # are the quantised model's; these the same checkpoint unquantised (set only when quantize is not
+    # none; the checkpoint is chosen on val_auc_unquantized from version 3 on, the sizes from version 3)
     quantize: str | None = None  # none | fp16 | int8 | int4 (None: a record from before the option)
     val_auc_unquantized: float | None = None
     val_logloss_unquantized: float | None = None
     test_auc_unquantized: float | None = None
     test_logloss_unquantized: float | None = None
+    inference_bytes_unquantized: int | None = None
+    model_bytes_unquantized: int | None = None
     # ---- how it ran: epochs, checkpoint, device, phase seconds and throughput
     epochs: int | None = None
     steps: int | None = None
@@ -151,6 +157,35 @@ class RunRecord:
     @property
     def kind(self) -> str | None:
         return self.arm.get("kind", self.embedding)
+
+    def unquantized(self) -> RunRecord | None:
+        """The unquantised deployed form of a quantised run (record version 3 on): what a
+        ``quantize=none`` run of the same config and seed records, as this run measured it. The
+        training is the same (the checkpoint was chosen on the unquantised validation AUC), so the
+        metrics and sizes are that run's; the per-bucket test AUCs, measured on the quantised model
+        only, are absent. None for an unquantised run, or one recorded before version 3."""
+        if self.quantize in (None, "none") or self.inference_bytes_unquantized is None:
+            return None
+        history = [{"epoch": h.get("epoch"), "step": h.get("step"), "val_auc": h.get("val_auc_unquantized"),
+                    "val_logloss": h.get("val_logloss_unquantized")} for h in self.val_history]
+        last = history[-1] if history else {}
+        config = json.loads(json.dumps(self.config)) if self.config is not None else None
+        if config is not None:
+            config["quantize"] = "none"
+            # the callbacks' monitors resolve to val_auc in an unquantised run (mlet.module.selection_metric)
+            for callback in (config.get("callbacks") or {}).values():
+                if isinstance(callback, dict) and callback.get("monitor") == "val_auc_unquantized":
+                    callback["monitor"] = "val_auc"
+        quantized = {f"{name}_unquantized" for name in ("val_auc", "val_logloss", "test_auc", "test_logloss",
+                                                          "inference_bytes", "model_bytes")}
+        return dataclasses.replace(
+            self, quantize="none", **{name: None for name in quantized},
+            val_auc=self.val_auc_unquantized, val_logloss=self.val_logloss_unquantized,
+            last_val_auc=last.get("val_auc"), last_val_logloss=last.get("val_logloss"), val_history=history,
+            test_auc=self.test_auc_unquantized, test_logloss=self.test_logloss_unquantized,
+            inference_bytes=self.inference_bytes_unquantized, model_bytes=self.model_bytes_unquantized,
+            config=config, buckets=None,
+        )
 
     def config_value(self, dotted: str, default: Any = None) -> Any:
         """A key of the resolved config (``embedding.inner_dim``), ``default`` where it is absent."""

@@ -170,10 +170,15 @@ def runs_frame(records: Sequence[RunRecord], by: Sequence[str] = (), ignore: Seq
     Runs of one (by, data, model, embedding, k, d) whose experiment-defining settings (every config
     key but :data:`NOT_EXPERIMENT` and ``ignore``) differ are different arms: the keys that differ
     become columns too and are returned as the third value. Runs of the same arm and seed count once
-    (the newest record). Returns the runs, warnings, and those extra keys."""
+    (the newest record). A quantised run (record version 3 on) is also read as the unquantised run of
+    its config and seed (:meth:`RunRecord.unquantized`: the same training), unless that run's own
+    record is there. Returns the runs, warnings, and those extra keys."""
     ignore = [*NOT_EXPERIMENT, *ignore]
-    rows, configs = [], []
-    for rec in records:
+    rows, configs, derived = [], [], []
+    forms = [(rec, False) for rec in records]
+    forms += [(form, True) for rec in records if (form := rec.unquantized()) is not None]
+    for rec, is_derived in forms:
+        derived.append(is_derived)
         arm = rec.arm
         k = arm.get("inner_dim")
         # a quantised deployment is a method of its own: kind "<kind>+int8", label "<label> int8"
@@ -219,13 +224,14 @@ def runs_frame(records: Sequence[RunRecord], by: Sequence[str] = (), ignore: Seq
     for key in split:
         df[key] = cfg[key]
 
-    # the same arm and seed twice: the newest record counts
+    # the same arm and seed twice: the newest record counts, a run's own record before one read from
+    # its quantised twin (the same training: no warning)
     ident = [*by, *split, *ARM, "seed"]
-    df = df.sort_values("mtime", kind="stable")
+    df = df.assign(_own=[not d for d in derived]).sort_values(["_own", "mtime"], kind="stable")
     ident_str = df[ident].astype(str)
     dup = ident_str.duplicated(keep="last")
     newest = {tuple(r): i for i, r in zip(df.index, ident_str.itertuples(index=False))}
-    for i in df.index[dup]:
+    for i in df.index[dup & df["_own"]]:
         j = newest[tuple(ident_str.loc[i])]
         keys = sorted(set(configs[i]) | set(configs[j]))
         differ = [c for c in keys if not _same_value(configs[i].get(c), configs[j].get(c))]

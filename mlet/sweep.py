@@ -214,6 +214,10 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("mlet.run_name", lambda *, _root_: run_name(_root_), replace=True)
     OmegaConf.register_new_resolver("mlet.sweep_group", lambda: sweep_group(), replace=True)
     OmegaConf.register_new_resolver("mlet.run_tags", lambda *, _root_: run_tags(_root_), replace=True)
+    from mlet.module import selection_metric  # noqa: PLC0415 (the Lightning module: only when configs resolve)
+
+    OmegaConf.register_new_resolver("mlet.selection_metric", lambda quantize: selection_metric(str(quantize)),
+                                    replace=True)
 
 
 # ---- skipping finished, duplicate and invalid jobs ---------------------------------------------

@@ -125,3 +125,57 @@ def test_mlet_predict_on_raw_lines_equals_the_quantized_evaluation(tmp_path):
     n_train, n_test = len(s["train"].label), len(s["test"].label)
     test_pred = torch.from_numpy(pred[n_train:n_train + n_test])
     assert abs(auc(test_pred, torch.from_numpy(np.array(s["test"].label))) - record["test_auc"]) < 1e-6
+
+
+def test_a_quantised_run_trains_the_unquantised_runs_network_and_reads_as_that_run(tmp_path):
+    """Quantisation is applied after training: with quantize=int8 the best checkpoint, early stopping
+    and the plateau scheduler watch the unquantised validation AUC, so the run trains the very network
+    a quantize=none run of the same config and seed trains, and its record read as unquantised
+    (RunRecord.unquantized, what mlet-report uses) is that run's record: metrics, epochs, sizes."""
+    from mlet.job import run
+    from mlet.records import RECORD_NAME, read_record
+    from tests.helpers import TINY, compose_cfg
+
+    common = [*TINY, "embedding=hash_mlet", "embedding.budget=0.25", "trainer.max_epochs=4", "lr_scheduler=plateau",
+              "callbacks.early_stopping.patience=1", "optimizer.lr=0.03"]
+    run(compose_cfg([*common, "quantize=none"], tmp_path / "none"))
+    run(compose_cfg([*common, "quantize=int8"], tmp_path / "int8"))
+    plain, int8 = (read_record(tmp_path / name / RECORD_NAME) for name in ("none", "int8"))
+    assert int8.config["callbacks"]["early_stopping"]["monitor"] == "val_auc_unquantized"
+    assert int8.config["callbacks"]["model_checkpoint"]["monitor"] == "val_auc_unquantized"
+    assert int8.inference_bytes < plain.inference_bytes and int8.test_logloss != plain.test_logloss  # quantised
+    form = int8.unquantized()
+    assert plain.unquantized() is None and form is not None and form.quantize == "none"
+    for name in ("val_auc", "val_logloss", "test_auc", "test_logloss", "best_epoch", "last_val_auc", "epochs", "steps",
+                 "inference_bytes", "model_bytes", "val_history"):
+        assert getattr(form, name) == getattr(plain, name), name
+    assert form.buckets is None and plain.buckets  # measured on the quantised model only
+    def written_to_none(config):  # the same experiment, but for where it was written
+        text = json.dumps({k: v for k, v in config.items() if k != "hydra"}, sort_keys=True)
+        return text.replace(str(tmp_path / "int8"), str(tmp_path / "none"))
+
+    assert written_to_none(form.config) == written_to_none(plain.config)
+
+
+def test_training_decisions_watch_the_unquantised_validation_auc(tmp_path):
+    """Where the quantised and the unquantised validation AUC disagree about the best epoch, the record's
+    best epoch is the unquantised one's (the checkpoint training chose) and its val_auc the quantised
+    model's at that epoch; the checkpoint, early-stopping and plateau-scheduler monitors say the same."""
+    from hydra.utils import instantiate
+
+    from mlet.job import validation_summary
+    from mlet.models import DLRM
+    from mlet.module import CTRModule, selection_metric
+    from tests.helpers import compose_cfg
+
+    history = [{"epoch": e, "step": 10 * e, "val_auc": q, "val_logloss": 0.5, "val_auc_unquantized": u,
+                "val_logloss_unquantized": 0.5} for e, (q, u) in enumerate([(0.70, 0.71), (0.74, 0.72), (0.73, 0.75)])]
+    summary = validation_summary(history, selection_metric("int8"))
+    assert (summary["best_epoch"], summary["val_auc"]) == (2, 0.73)
+    assert validation_summary(history, selection_metric("none"))["best_epoch"] == 1
+    for mode, monitor in (("none", "val_auc"), ("int4", "val_auc_unquantized")):
+        cfg = compose_cfg(["lr_scheduler=plateau", f"quantize={mode}"], tmp_path / mode)
+        assert cfg.callbacks.model_checkpoint.monitor == cfg.callbacks.early_stopping.monitor == monitor
+        module = CTRModule(SingleLayerEmbedding([10, 10], 2), DLRM(2, 2, num_dense=1, bottom_mlp=[4], top_mlp=[4]),
+                           lr_scheduler=instantiate(cfg.lr_scheduler), quantize=mode)
+        assert module.configure_optimizers()["lr_scheduler"]["monitor"] == monitor

@@ -659,3 +659,33 @@ def test_arms_of_one_type_that_differ_in_a_knob_are_named_by_their_label_in_the_
         _run(plain, f"m-{lr}", "mlet", 64, 4, 0, 0.7, optimizer__lr=lr)
     build_report([plain], tmp_path / "r2", plots=False, tune="optimizer.lr")
     assert "| data | model | embedding | k | d | optimizer.lr |" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_a_quantised_run_is_also_read_as_its_unquantised_run_unless_that_run_has_its_own_record(tmp_path):
+    """A version-3 int8 record stands for two methods (single+int8, and single from its unquantised
+    figures); where the quantize=none run's own record is there too it is used, with no duplicate
+    warning. An older int8 record (no unquantised sizes) stands only for single+int8."""
+    root = tmp_path / "runs"
+
+    def record(name, seed, auc, mtime, quantize="int8", version=3, **fields):
+        rec = {**_record("m", "single", None, 8, seed, auc), "config": _config(8, None, seed, quantize=quantize),
+               "quantize": quantize, "record_version": version, "inference_bytes": 600, **fields}
+        os.utime(write_record(root / name / "record.json", rec), (mtime, mtime))
+
+    def quantised(name, seed, auc, unquantized_auc, version=3):
+        sizes = {"inference_bytes_unquantized": 1000, "model_bytes_unquantized": 1500} if version == 3 else {}
+        record(name, seed, auc, 2000 + seed, version=version, val_auc_unquantized=unquantized_auc,
+               test_auc_unquantized=unquantized_auc, **sizes)
+
+    quantised("q0", 0, 0.70, 0.71)
+    quantised("q1", 1, 0.72, 0.73)
+    quantised("q2", 2, 0.74, 0.75, version=2)  # before the unquantised form was recorded: int8 only
+    record("own1", 1, 0.90, 1000, quantize="none", inference_bytes=1000)  # seed 1's own record, older
+    res = build_report([root], tmp_path / "report", plots=False)
+    assert not [w for w in res["warnings"] if "duplicate" in w], res["warnings"]
+    plain = _row(res["auc_vs_dim"], embedding="single", dim=8)
+    assert plain["seeds"] == 2 and plain["auc_mean"] == pytest.approx((0.71 + 0.90) / 2)
+    int8 = _row(res["auc_vs_dim"], embedding="single+int8", dim=8)
+    assert int8["seeds"] == 3 and int8["auc_mean"] == pytest.approx((0.70 + 0.72 + 0.74) / 3)
+    runs = res["runs"].set_index(["embedding", "seed"])
+    assert runs.loc[("single", 0), "inference_bytes"] == 1000 and runs.loc[("single+int8", 0), "inference_bytes"] == 600
