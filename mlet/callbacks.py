@@ -32,6 +32,7 @@ import torch
 
 from mlet.analysis import DEFAULT_EDGES, absent_row_movement, bucket_metrics, check_edges, spectrum
 from mlet.embeddings.single import SingleLayerEmbedding
+from mlet.module import best_validation
 
 log = logging.getLogger(__name__)
 
@@ -433,8 +434,7 @@ class LogProgress(pl.Callback):
         if not history:
             return
         last = history[-1]
-        selection = getattr(pl_module, "selection_metric", "val_auc")  # what the best checkpoint watches
-        best = max(history, key=lambda h: h[selection] if h[selection] == h[selection] else float("-inf"))
+        best = best_validation(history, getattr(pl_module, "selection_metric", "val_auc"))
         log.info(
             "epoch %d/%s validated: val_auc %.5f val_logloss %.5f (best %.5f, best_epoch=%d) | %s elapsed",
             last["epoch"] + 1, trainer.max_epochs if trainer.max_epochs not in (None, -1) else "-",

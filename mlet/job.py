@@ -24,7 +24,7 @@ from mlet import resume, sweep
 from mlet.callbacks import LogProgress, PhaseTimer
 from mlet.config_check import check_config
 from mlet.errors import MletError
-from mlet.module import CTRModule, init_model_
+from mlet.module import CTRModule, best_validation, init_model_
 from mlet.records import RECORD_NAME, RECORD_VERSION, RunRecord, write_json
 
 log = logging.getLogger("mlet.train")
@@ -302,16 +302,11 @@ def best_checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
 
 def validation_summary(history: list[dict[str, Any]], selection: str = "val_auc") -> dict[str, Any]:
     """Best and last validation epoch of a run's per-epoch history. Every un-prefixed figure is
-    the best epoch's: the highest ``selection`` (the metric the best checkpoint watched,
-    :func:`mlet.module.selection_metric`), the first on a tie, as the checkpoint callback keeps it."""
+    the best epoch's (:func:`mlet.module.best_validation` by ``selection``, the metric the best
+    checkpoint watched)."""
     if not history:
         return {}
-    def auc(h: dict[str, Any]) -> float:  # a missing or NaN AUC never wins
-        value = h.get(selection)
-        return value if value is not None and value == value else float("-inf")
-
-    best = max(history, key=auc)  # the first on a tie
-    last = history[-1]
+    best, last = best_validation(history, selection), history[-1]
     return {
         "val_auc": best["val_auc"], "val_logloss": best["val_logloss"], "best_epoch": best["epoch"],
         "best_step": best["step"],

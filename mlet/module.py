@@ -100,6 +100,17 @@ def selection_metric(quantize: str) -> str:
     return "val_auc" if check_quantize(quantize) == "none" else "val_auc_unquantized"
 
 
+def best_validation(history: list[dict[str, Any]], selection: str = "val_auc") -> dict[str, Any]:
+    """The validation epoch training chose from a run's per-epoch history: the highest ``selection``
+    (:func:`selection_metric`), the first on a tie, as the checkpoint callback keeps it; a missing or
+    NaN AUC never wins."""
+    def score(entry: dict[str, Any]) -> float:
+        value = entry.get(selection)
+        return value if value is not None and value == value else float("-inf")
+
+    return max(history, key=score)
+
+
 class CTRModule(pl.LightningModule):
     """Args:
     embedding: any :class:`FieldEmbedding`.
