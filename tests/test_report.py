@@ -624,6 +624,9 @@ def test_a_quantised_method_is_drawn_in_its_types_colour_dashed_and_a_crowded_le
                      {**_record("m", emb, 64 if emb == "mlet" else None, 16, 0, auc, quantize=quantize,
                                 inference_bytes=nbytes), "config": _config(16, None, 0, quantize=quantize or "none")})
     build_report([root], tmp_path / "report")
+    # the bytes table: a method that never reaches the reference names no arm ("-", not "nan")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| ds | m | hash | 4000 | 0.7000 | - | - | - | - | never reaches the target (best hash AUC 0.6900) |" in md
     lines = drawn_lines["auc_vs_bytes_ds_m.png"]
     assert lines["hash+int8"].color == lines["hash"].color != lines["MLET"].color == lines["MLET+int8"].color
     assert (lines["hash"].variant, lines["hash+int8"].variant, lines["MLET+int8"].variant) == (False, True, True)
