@@ -111,9 +111,10 @@ class TorchRecTables(nn.Module):
     def __init__(self, cardinalities: Sequence[int], weight: torch.Tensor, sharding: str = "auto",
                  table_sharding: Mapping[int, str] | None = None) -> None:
         super().__init__()
-        torchrec = require_torchrec()
         self.cardinalities = [int(c) for c in cardinalities]
+        # the config first: a misspelt sharding is named whether or not TorchRec is installed
         check_backend("torchrec", sharding, table_sharding, len(self.cardinalities))
+        torchrec = require_torchrec()
         self.width = int(weight.shape[1])
         self._field_order: tuple[list[str], list[int] | None] | None = None  # (output keys, their permutation)
         # each field's table: its own entry of table_sharding, else sharding
