@@ -200,8 +200,11 @@ def only_run_dir(cwd: Path) -> Path:
 @pytest.mark.slow
 def test_ctrl_c_then_the_same_command_continues_the_run(tmp_path):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    # the child gets Ctrl-C as in a terminal: a test run started in the background (`cmd &` without job
+    # control, nohup) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen([MLET_TRAIN, *SLOW_TINY], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not list((tmp_path / "outputs" / "runs").glob("*/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.time() < deadline, "no last.ckpt after the first epoch"
