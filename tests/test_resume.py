@@ -209,10 +209,9 @@ def test_ctrl_c_then_the_same_command_continues_the_run(tmp_path):
     while not list((tmp_path / "outputs" / "runs").glob("*/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.time() < deadline, "no last.ckpt after the first epoch"
         time.sleep(0.05)
-    # Ctrl-C, pressed again while the run goes on (at most 5 times, a second apart): Python raises
-    # KeyboardInterrupt at the next bytecode, and one raised inside a finaliser (__del__) is printed and
-    # dropped ("Exception ignored in"); on a loaded CI machine the first press once trained on to the end.
-    # Once Lightning has the interrupt it ignores further presses while it shuts down.
+    # Ctrl-C, pressed again while the run goes on (at most 5 times, a second apart), as an impatient user
+    # does: a KeyboardInterrupt raised inside a finaliser (__del__) would be printed and dropped. Once
+    # Lightning has the interrupt it ignores further presses while it shuts down.
     for _ in range(5):
         proc.send_signal(signal.SIGINT)
         try:
