@@ -1044,8 +1044,8 @@ def bytes_section(rep: Report) -> Section | None:
              f"embedding of the method whose mean AUC is at least the reference AUC minus the tolerance "
              f"{rep.tolerance:g}; factor: reference bytes / method bytes.", ""]
     rows = [[*rep.cells(r), r["data"], r["model"], kind_name(r["embedding"]),
-             _fmt(r["reference_bytes"], 0) if r["reference_bytes"] is not None else "-", _fmt(r["reference_auc"]),
-             _cell(r["method_label"]), _fmt(r["method_bytes"], 0) if r["method_bytes"] is not None else "-",
+             _fmt(r["reference_bytes"], 0), _fmt(r["reference_auc"]),
+             _cell(r["method_label"]), _fmt(r["method_bytes"], 0),
              _fmt(r["method_auc"]), f"{r['factor']:.3g}x" if r["reached"] else "-", r["note"] or ""]
             for _, r in reduction.iterrows()]
     body += [markdown_table([*rep.by, "data", "model", "method", "reference bytes", "reference AUC", "arm",
