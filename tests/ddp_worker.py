@@ -49,12 +49,14 @@ def main(out: Path) -> None:
         },
         out / f"rank{trainer.global_rank}.pt",
     )
-    # end the process group before exit: a gloo group left to the interpreter's teardown can abort
-    # the process ("terminate called without an active exception")
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    from mlet.train import end_process_group
+
+    try:
+        main(Path(sys.argv[1]))
+    finally:  # as mlet-train does, once main's model and trainer are out of scope
+        end_process_group()

@@ -106,3 +106,48 @@ def test_ddp_two_cpu_processes_gather_every_validation_row_once(tmp_path):
     assert len(torch.unique(both, dim=0)) == len(torch.unique(torch.cat([
         torch.from_numpy(data.splits["train"].cat).double(), torch.from_numpy(data.splits["train"].dense).double()
     ], 1), dim=0))
+
+
+GROUP_HELD_IN_A_CYCLE = """
+import os, sys, torch, torch.distributed as dist
+from mlet.train import end_process_group
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+before = threads()
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+
+class Model:  # holds the group in a reference cycle, as DDP and TorchRec's sharded modules do
+    def __init__(self):
+        self.group, self.me = dist.distributed_c10d._get_default_group(), self
+
+model = Model()
+dist.all_reduce(torch.ones(3))
+during = threads()
+del model
+if sys.argv[2] == "end":
+    end_process_group()
+else:
+    dist.destroy_process_group()
+print(before, during, threads())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_ending_the_process_group_joins_its_threads_before_interpreter_teardown(tmp_path):
+    """mlet-train's end_process_group frees a gloo group that the model still holds in a reference
+    cycle, so its worker threads end while the interpreter is alive (left to interpreter teardown, one
+    of them aborted a resumed TorchRec run: SIGABRT after the run had succeeded). destroy_process_group
+    alone leaves them running: the control."""
+    def threads(how):
+        done = subprocess.run([sys.executable, "-c", GROUP_HELD_IN_A_CYCLE, str(tmp_path / how), how],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [int(n) for n in done.stdout.split()]
+
+    before, during, after = threads("end")
+    assert during > before  # the group's threads
+    assert after == before
+    before, during, after = threads("destroy")
+    assert after == during > before

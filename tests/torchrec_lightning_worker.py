@@ -70,10 +70,12 @@ def main(out: Path, mode: str) -> None:
                        out / f"{mode}.pt")
     except Killed:
         pass
-    finally:  # as mlet-train does: a gloo group left to interpreter teardown can abort the process (SIGABRT)
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2])
+    from mlet.train import end_process_group
+
+    try:
+        main(Path(sys.argv[1]), sys.argv[2])
+    finally:  # as mlet-train does, once main's model and trainer are out of scope
+        end_process_group()

@@ -74,6 +74,15 @@ def native(out: str, kind: str) -> None:
 
 
 def sharded(rank: int, world: int, out: str, kind: str, sharding: str, port: int, optimizer: str) -> None:
+    from mlet.train import end_process_group
+
+    try:
+        train_sharded(rank, world, out, kind, sharding, port, optimizer)
+    finally:  # as mlet-train does, once the sharded model is out of scope
+        end_process_group()
+
+
+def train_sharded(rank: int, world: int, out: str, kind: str, sharding: str, port: int, optimizer: str) -> None:
     global OPTIMIZER
     OPTIMIZER = optimizer
     import torch.distributed as dist
@@ -104,7 +113,6 @@ def sharded(rank: int, world: int, out: str, kind: str, sharding: str, port: int
     if rank == 0:
         torch.save({"losses": losses, "collapsed": collapsed, "plan": str(dmp.plan), "local_bytes": local_bytes}, out)
     dist.barrier()
-    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
